@@ -1,0 +1,397 @@
+"""Samplers: DDPM ancestral, DDIM, DPM-Solver++(2M); timestep spacings; classifier-free guidance.
+
+Every sampler has one signature (DESIGN 4.3)::
+
+    sample(model, schedule, x_T, *, num_steps=None, y=None, guidance_scale=1.0,
+           generator=None, seeds=None, callback=None, prediction="eps", spacing=..., ...) -> x_0
+
+``model`` is any callable ``model(x_t, t)`` or ``model(x_t, t, y)`` with ``t`` a LongTensor of
+indices in ``[0, T)`` (see ``ddpmkit.schedule``), returning the parameterisation named by
+``prediction`` ("eps", "x0" or "v"). That contract is public and stable.
+
+Sampling on a subset of timesteps (``num_steps < T``) uses the exact marginals of the kept
+steps: a step from t to s < t treats alpha_{t|s} = abar_t / abar_s as its single-step alpha (the
+"respacing" of Nichol & Dhariwal 2021, Sec. 4), so DDPM with all T steps is Ho et al.'s
+Algorithm 2 exactly, and with fewer steps it is the ancestral sampler of the shorter chain.
+
+Randomness: from ``generator``, or with ``seeds`` (one int per sample) from one generator per
+sample, so sample i is identical whatever the batch size it is drawn in.
+
+Classifier-free guidance (Ho & Salimans 2022): eps = eps_uncond + w (eps_cond - eps_uncond);
+w = 1 is the plain conditional model, w = 0 the unconditional one. The unconditional branch is
+the model called with label ``NULL_LABEL`` (-1); conditional networks in ddpmkit map negative
+labels to their learned null embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ddpmkit.diffusion import model_output_to_eps_x0
+from ddpmkit.schedule import NoiseSchedule
+
+__all__ = [
+    "NULL_LABEL",
+    "SAMPLERS",
+    "SPACINGS",
+    "StepInfo",
+    "ddim_invert",
+    "ddim_sample",
+    "ddpm_sample",
+    "dpm_solver_pp_sample",
+    "initial_noise",
+    "make_timesteps",
+]
+
+NULL_LABEL = -1
+SPACINGS = ("leading", "trailing", "linspace", "quadratic", "logsnr", "karras")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a sampler reports after each step, for trajectories and progress bars."""
+
+    index: int  # 0-based number of the step just taken
+    num_steps: int  # total number of steps
+    t: int  # timestep index of the input x_t of this step
+    x_t: Tensor  # state after the step (x at the next, smaller timestep; x_0 after the last)
+    x0_pred: Tensor  # the model's estimate of x_0 at this step
+
+
+Callback = Callable[[StepInfo], None]
+
+
+# ----------------------------------------------------------------------------- timesteps
+
+
+def make_timesteps(
+    schedule: NoiseSchedule, num_steps: int | None = None, spacing: str = "trailing"
+) -> list[int]:
+    """Strictly decreasing timestep indices in [0, T) that a sampler visits, length num_steps.
+
+    Spacings (all include t = T-1 except ``leading``, which is the DDIM paper's original):
+      leading: 0, k, 2k, ... (k = T // n), reversed (DDIM's choice; misses the noisiest steps).
+      trailing: T-1, T-1-k', ... rounded from arange(T, 0, -T/n) - 1 (Lin et al. 2024).
+      linspace: round(linspace(0, T-1, n)).
+      quadratic: T * linspace(0, sqrt(0.8), n)^2 (DDIM paper's quadratic choice), T-1 kept.
+      logsnr: uniform in log-SNR between the ends of the schedule (DPM-Solver's choice).
+      karras: sigma = sqrt((1 - abar)/abar) spaced with rho = 7 (Karras et al. 2022, Eq. 5),
+        each mapped to the nearest timestep.
+    Duplicates created by rounding are removed, so a few spacings can return fewer than n steps
+    when n is close to T.
+    """
+    T = schedule.num_steps
+    n = T if num_steps is None else int(num_steps)
+    if n < 1 or n > T:
+        raise ValueError(f"num_steps must be in [1, {T}] for this schedule, got {num_steps!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; expected one of {list(SPACINGS)}")
+    if n == T:
+        return list(range(T - 1, -1, -1))
+    if spacing == "leading":
+        k = T // n
+        ts = [i * k for i in range(n)]
+    elif spacing == "trailing":
+        ts = [round(T - i * T / n) - 1 for i in range(n)]
+    elif spacing == "linspace":
+        ts = [round(v) for v in torch.linspace(0, T - 1, n, dtype=torch.float64).tolist()]
+    elif spacing == "quadratic":
+        ts = [int(v) for v in (torch.linspace(0, math.sqrt(T * 0.8), n, dtype=torch.float64) ** 2)]
+        ts[-1] = T - 1
+    else:
+        abar = schedule.alphas_bar.double()
+        log_sigma = 0.5 * torch.log((1 - abar) / abar)  # -lambda/... monotone in t, shape (T,)
+        if spacing == "logsnr":
+            targets = torch.linspace(float(log_sigma[0]), float(log_sigma[-1]), n, dtype=torch.float64)
+        else:  # karras
+            rho = 7.0
+            smin, smax = float(log_sigma[0].exp()), float(log_sigma[-1].exp())
+            ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+            sig = (smin ** (1 / rho) + ramp * (smax ** (1 / rho) - smin ** (1 / rho))) ** rho
+            targets = sig.log()
+        ts = [int(torch.argmin((log_sigma - v).abs())) for v in targets]
+    uniq = sorted({min(max(int(v), 0), T - 1) for v in ts}, reverse=True)
+    return uniq
+
+
+def initial_noise(
+    shape: Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """x_T ~ N(0, I) of the given shape; with ``seeds`` (one per sample) row i uses seeds[i]."""
+    gens = _per_sample_generators(seeds, shape[0])
+    return _randn(tuple(shape), generator, gens, device)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _per_sample_generators(seeds: Sequence[int] | None, batch: int) -> list[torch.Generator] | None:
+    if seeds is None:
+        return None
+    if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}; give one seed per sample")
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def _randn(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    gens: list[torch.Generator] | None,
+    device: torch.device | str,
+) -> Tensor:
+    # Noise is drawn on the CPU so results do not depend on the device's RNG implementation.
+    if gens is not None:
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(device)
+    return torch.randn(shape, generator=generator).to(device)
+
+
+def _guided_eps_x0(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    x: Tensor,
+    t: int,
+    y: Tensor | None,
+    guidance_scale: float,
+    prediction: str,
+) -> tuple[Tensor, Tensor]:
+    """Model call at timestep t -> (eps, x0), with classifier-free guidance when y is given."""
+    b = x.shape[0]
+    tt = torch.full((b,), t, dtype=torch.long, device=x.device)
+    if y is None:
+        out = model(x, tt).float()
+    elif guidance_scale == 1.0:
+        out = model(x, tt, y).float()
+    else:
+        # One batched call for both branches: [cond; uncond].
+        null = torch.full_like(y, NULL_LABEL)
+        both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null])).float()
+        out_c, out_u = both[:b], both[b:]
+        out = out_u + guidance_scale * (out_c - out_u)
+    if out.shape != x.shape:
+        raise ValueError(
+            f"model output has shape {tuple(out.shape)} but x_t has shape {tuple(x.shape)}; "
+            "the network must return one value per input value"
+        )
+    # Guidance is applied to the raw output; for eps/v/x0 it is linear, so it equals guiding eps.
+    return model_output_to_eps_x0(schedule, x, tt, out, prediction)
+
+
+def _abar(schedule: NoiseSchedule, t: int) -> float:
+    """abar_t as a Python float, with abar_{-1} = 1 (clean data)."""
+    return 1.0 if t < 0 else float(schedule.alphas_bar[t])
+
+
+def _check_x(x_T: Tensor, y: Tensor | None) -> None:
+    if y is not None and (y.ndim != 1 or y.shape[0] != x_T.shape[0]):
+        raise ValueError(f"y must have shape ({x_T.shape[0]},), got {tuple(y.shape)}")
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    x_T: Tensor,
+    *,
+    num_steps: int | None = None,
+    y: Tensor | None = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
+    callback: Callback | None = None,
+    prediction: str = "eps",
+    spacing: str = "trailing",
+    variance: str = "beta",
+    clip_x0: float | None = None,
+) -> Tensor:
+    """Ancestral sampling, DDPM Algorithm 2, on the timesteps of ``make_timesteps``.
+
+    Step t -> s: x_s = mu~(x_t, x0_pred) + sigma z, with mu~ the posterior mean (Eq. 7) of the
+    (respaced) chain and sigma^2 = beta_{t|s} (``variance="beta"``, Ho et al.'s sigma_t^2 = beta_t)
+    or the posterior variance beta~ (``"posterior"``). No noise is added on the last step.
+    ``clip_x0`` clamps the x_0 estimate to [-c, c] before the mean is formed (images: 1.0).
+    """
+    if variance not in ("beta", "posterior"):
+        raise ValueError(f"unknown variance {variance!r}; expected one of ['beta', 'posterior']")
+    _check_x(x_T, y)
+    gens = _per_sample_generators(seeds, x_T.shape[0])
+    ts = make_timesteps(schedule, num_steps, spacing)
+    x = x_T.float()
+    for i, t in enumerate(ts):
+        s = ts[i + 1] if i + 1 < len(ts) else -1
+        _, x0 = _guided_eps_x0(model, schedule, x, t, y, guidance_scale, prediction)
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        ab_t, ab_s = _abar(schedule, t), _abar(schedule, s)
+        alpha_ts = ab_t / ab_s  # single-step alpha of the respaced chain
+        beta_ts = 1.0 - alpha_ts
+        coef_x0 = math.sqrt(ab_s) * beta_ts / (1.0 - ab_t)
+        coef_xt = math.sqrt(alpha_ts) * (1.0 - ab_s) / (1.0 - ab_t)
+        mean = coef_x0 * x0 + coef_xt * x
+        if s >= 0:
+            var = beta_ts if variance == "beta" else beta_ts * (1.0 - ab_s) / (1.0 - ab_t)
+            x = mean + math.sqrt(var) * _randn(tuple(x.shape), generator, gens, x.device)
+        else:
+            x = mean
+        if callback is not None:
+            callback(StepInfo(i, len(ts), t, x, x0))
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    x_T: Tensor,
+    *,
+    num_steps: int | None = 50,
+    y: Tensor | None = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
+    callback: Callback | None = None,
+    prediction: str = "eps",
+    spacing: str = "trailing",
+    eta: float = 0.0,
+    clip_x0: float | None = None,
+) -> Tensor:
+    """DDIM (Song et al. 2021, Eq. 12), deterministic for eta = 0:
+
+        x_s = sqrt(abar_s) x0_pred + sqrt(1 - abar_s - sigma^2) eps_pred + sigma z,
+        sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s)      (Eq. 16)
+
+    eta = 1 with all T steps has the DDPM posterior variance.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+    _check_x(x_T, y)
+    gens = _per_sample_generators(seeds, x_T.shape[0])
+    ts = make_timesteps(schedule, num_steps, spacing)
+    x = x_T.float()
+    for i, t in enumerate(ts):
+        s = ts[i + 1] if i + 1 < len(ts) else -1
+        eps, x0 = _guided_eps_x0(model, schedule, x, t, y, guidance_scale, prediction)
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+            eps = (x - math.sqrt(_abar(schedule, t)) * x0) / math.sqrt(1 - _abar(schedule, t))
+        ab_t, ab_s = _abar(schedule, t), _abar(schedule, s)
+        sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_s)
+        x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
+        if sigma > 0 and s >= 0:
+            x = x + sigma * _randn(tuple(x.shape), generator, gens, x.device)
+        if callback is not None:
+            callback(StepInfo(i, len(ts), t, x, x0))
+    return x
+
+
+@torch.no_grad()
+def dpm_solver_pp_sample(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    x_T: Tensor,
+    *,
+    num_steps: int | None = 20,
+    y: Tensor | None = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | None = None,
+    callback: Callback | None = None,
+    prediction: str = "eps",
+    spacing: str = "logsnr",
+    clip_x0: float | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022, Alg. 2).
+
+    With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha/sigma), h = lambda_s - lambda_t:
+        first order (step 1):  x_s = (sigma_s/sigma_t) x_t - alpha_s (e^{-h} - 1) D
+        2M:  D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev,  r = h_prev / h
+    The final step to clean data (sigma = 0) returns the x_0 estimate (first order), as
+    is standard ("lower order final"). Deterministic; ``generator``/``seeds`` are accepted for the
+    shared signature and unused.
+    """
+    del generator, seeds
+    _check_x(x_T, y)
+    ts = make_timesteps(schedule, num_steps, spacing)
+    x = x_T.float()
+
+    def lam(t: int) -> float:
+        ab = _abar(schedule, t)
+        return 0.5 * math.log(ab / (1 - ab))
+
+    x0_prev: Tensor | None = None
+    h_prev = 0.0
+    for i, t in enumerate(ts):
+        s = ts[i + 1] if i + 1 < len(ts) else -1
+        _, x0 = _guided_eps_x0(model, schedule, x, t, y, guidance_scale, prediction)
+        if clip_x0 is not None:
+            x0 = x0.clamp(-clip_x0, clip_x0)
+        if s < 0:
+            x_next = x0
+        else:
+            ab_t, ab_s = _abar(schedule, t), _abar(schedule, s)
+            sig_t, sig_s, a_s = math.sqrt(1 - ab_t), math.sqrt(1 - ab_s), math.sqrt(ab_s)
+            h = lam(s) - lam(t)
+            if x0_prev is None:
+                d = x0
+            else:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x_next = (sig_s / sig_t) * x - a_s * math.expm1(-h) * d
+            h_prev = h
+        x0_prev = x0
+        x = x_next
+        if callback is not None:
+            callback(StepInfo(i, len(ts), t, x, x0))
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    *,
+    num_steps: int | None = 50,
+    y: Tensor | None = None,
+    guidance_scale: float = 1.0,
+    prediction: str = "eps",
+    spacing: str = "trailing",
+) -> Tensor:
+    """Deterministic DDIM run backwards, x_0 -> x_T (Song et al. 2021, Sec. 4.3 / Eq. 13).
+
+    Each step from s to t > s reuses the eps predicted at (x_s, s), the usual approximation;
+    feeding the result to :func:`ddim_sample` with the same steps reconstructs x_0 closely.
+    """
+    _check_x(x0, y)
+    ts = list(reversed(make_timesteps(schedule, num_steps, spacing)))  # increasing
+    x = x0.float()
+    prev = -1
+    for t in ts:
+        if prev < 0:
+            # From clean data the model has no timestep to be called at; use the first step's.
+            eps, _ = _guided_eps_x0(model, schedule, x, t, y, guidance_scale, prediction)
+            x0_est = x
+        else:
+            eps, x0_est = _guided_eps_x0(model, schedule, x, prev, y, guidance_scale, prediction)
+        ab_t = _abar(schedule, t)
+        x = math.sqrt(ab_t) * x0_est + math.sqrt(1 - ab_t) * eps
+        prev = t
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddpm": ddpm_sample,
+    "ddim": ddim_sample,
+    "dpmpp": dpm_solver_pp_sample,
+}
