@@ -48,9 +48,10 @@ def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor, noise: Tensor) -> T
 
     Shapes: x0, noise (B, *D); t (B,) long in [0, T). Returns (B, *D).
     """
-    return _gather(schedule.sqrt_alphas_bar, t, x0) * x0 + _gather(
-        schedule.sqrt_one_minus_alphas_bar, t, x0
-    ) * noise
+    return (
+        _gather(schedule.sqrt_alphas_bar, t, x0) * x0
+        + _gather(schedule.sqrt_one_minus_alphas_bar, t, x0) * noise
+    )
 
 
 def q_posterior(
@@ -63,9 +64,10 @@ def q_posterior(
 
     Shapes: x0, x_t (B, *D); t (B,). Returns mean (B, *D), variance and log-variance (B, 1, ...).
     """
-    mean = _gather(schedule.posterior_mean_coef1, t, x_t) * x0 + _gather(
-        schedule.posterior_mean_coef2, t, x_t
-    ) * x_t
+    mean = (
+        _gather(schedule.posterior_mean_coef1, t, x_t) * x0
+        + _gather(schedule.posterior_mean_coef2, t, x_t) * x_t
+    )
     var = _gather(schedule.posterior_variance, t, x_t)
     log_var = _gather(schedule.posterior_log_variance_clipped, t, x_t)
     return mean, var, log_var
@@ -87,23 +89,26 @@ def eps_from_x0(schedule: NoiseSchedule, x_t: Tensor, t: Tensor, x0: Tensor) -> 
 
 def v_from_eps(schedule: NoiseSchedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """Velocity target (Salimans & Ho 2022, Sec. 4): v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0."""
-    return _gather(schedule.sqrt_alphas_bar, t, x0) * eps - _gather(
-        schedule.sqrt_one_minus_alphas_bar, t, x0
-    ) * x0
+    return (
+        _gather(schedule.sqrt_alphas_bar, t, x0) * eps
+        - _gather(schedule.sqrt_one_minus_alphas_bar, t, x0) * x0
+    )
 
 
 def x0_from_v(schedule: NoiseSchedule, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
     """x_0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v (the rotation inverse of the v definition)."""
-    return _gather(schedule.sqrt_alphas_bar, t, x_t) * x_t - _gather(
-        schedule.sqrt_one_minus_alphas_bar, t, x_t
-    ) * v
+    return (
+        _gather(schedule.sqrt_alphas_bar, t, x_t) * x_t
+        - _gather(schedule.sqrt_one_minus_alphas_bar, t, x_t) * v
+    )
 
 
 def eps_from_v(schedule: NoiseSchedule, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
     """eps = sqrt(1 - abar_t) x_t + sqrt(abar_t) v."""
-    return _gather(schedule.sqrt_one_minus_alphas_bar, t, x_t) * x_t + _gather(
-        schedule.sqrt_alphas_bar, t, x_t
-    ) * v
+    return (
+        _gather(schedule.sqrt_one_minus_alphas_bar, t, x_t) * x_t
+        + _gather(schedule.sqrt_alphas_bar, t, x_t) * v
+    )
 
 
 def model_output_to_eps_x0(

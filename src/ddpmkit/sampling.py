@@ -82,8 +82,9 @@ def make_timesteps(
       logsnr: uniform in log-SNR between the ends of the schedule (DPM-Solver's choice).
       karras: sigma = sqrt((1 - abar)/abar) spaced with rho = 7 (Karras et al. 2022, Eq. 5),
         each mapped to the nearest timestep.
-    Duplicates created by rounding are removed, so a few spacings can return fewer than n steps
-    when n is close to T.
+    Collisions created by rounding (several targets on one integer step, e.g. log-SNR spacing
+    where the schedule is steep) are resolved by moving steps to the nearest free index, so
+    exactly n distinct steps are always returned.
     """
     T = schedule.num_steps
     n = T if num_steps is None else int(num_steps)
@@ -107,7 +108,9 @@ def make_timesteps(
         abar = schedule.alphas_bar.double()
         log_sigma = 0.5 * torch.log((1 - abar) / abar)  # -lambda/... monotone in t, shape (T,)
         if spacing == "logsnr":
-            targets = torch.linspace(float(log_sigma[0]), float(log_sigma[-1]), n, dtype=torch.float64)
+            targets = torch.linspace(
+                float(log_sigma[0]), float(log_sigma[-1]), n, dtype=torch.float64
+            )
         else:  # karras
             rho = 7.0
             smin, smax = float(log_sigma[0].exp()), float(log_sigma[-1].exp())
@@ -115,8 +118,20 @@ def make_timesteps(
             sig = (smin ** (1 / rho) + ramp * (smax ** (1 / rho) - smin ** (1 / rho))) ** rho
             targets = sig.log()
         ts = [int(torch.argmin((log_sigma - v).abs())) for v in targets]
-    uniq = sorted({min(max(int(v), 0), T - 1) for v in ts}, reverse=True)
-    return uniq
+    return _distinct_descending(ts, T)
+
+
+def _distinct_descending(ts: list[int], T: int) -> list[int]:
+    """n distinct indices in [0, T) close to the given ones, in decreasing order (needs n <= T)."""
+    asc = sorted(min(max(int(v), 0), T - 1) for v in ts)
+    n = len(asc)
+    for i in range(1, n):  # push up collisions ...
+        asc[i] = max(asc[i], asc[i - 1] + 1)
+    for i in range(n - 1, -1, -1):  # ... and keep the top ones inside [0, T)
+        asc[i] = min(asc[i], T - 1 - (n - 1 - i))
+        if i + 1 < n:
+            asc[i] = min(asc[i], asc[i + 1] - 1)
+    return asc[::-1]
 
 
 def initial_noise(

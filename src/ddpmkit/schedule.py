@@ -13,8 +13,9 @@ buffers produced black samples).
 
 Named schedules (``SCHEDULES``):
 
-* ``linear``: betas linear from 1e-4 to 0.02 (Ho et al. 2020, Sec. 4), rescaled by 1000/T so
-  that other T keep the same total noise (as improved-diffusion does).
+* ``linear``: betas linear from 1e-4 to 0.02 (Ho et al. 2020, Sec. 4) at T = 1000; for other T
+  both ends are rescaled by 1000/T so the chain still ends near N(0, I) (as improved-diffusion
+  does), clipped at 0.999.
 * ``cosine``: alphas_bar(t) = f(t)/f(0), f(t) = cos(((t/T + s)/(1 + s)) * pi/2)^2, s = 0.008,
   betas clipped at 0.999 (Nichol & Dhariwal 2021, Eq. 17).
 * ``quadratic``: sqrt(beta) linear between sqrt(1e-4) and sqrt(0.02) (the "quadratic" schedule of
@@ -54,10 +55,16 @@ def _check_num_steps(num_steps: int) -> None:
 
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """Linear betas (Ho et al. 2020), scaled by 1000/T so any T has the same total noise level."""
+    """Linear betas (Ho et al. 2020): 1e-4 to 0.02 at T = 1000.
+
+    For other T both ends are scaled by 1000/T (improved-diffusion's rule) so that x_{T-1} is
+    still close to N(0, I) (unscaled, T = 100 would end at alpha_bar = 0.37, far from noise);
+    betas are clipped at 0.999 for very small T.
+    """
     _check_num_steps(num_steps)
     scale = 1000.0 / num_steps
-    return torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
+    b = torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
+    return b.clamp(max=0.999)
 
 
 def quadratic_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
@@ -67,7 +74,7 @@ def quadratic_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 
     root = torch.linspace(
         math.sqrt(scale * beta_start), math.sqrt(scale * beta_end), num_steps, dtype=torch.float64
     )
-    return root**2
+    return (root**2).clamp(max=0.999)
 
 
 def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -105,7 +112,9 @@ def validate_betas(betas: Tensor | Sequence[float]) -> Tensor:
     bad = (b <= 0) | (b >= 1)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise ValueError(f"betas[{i}] = {float(b[i])!r} is outside (0, 1); every beta must be in (0, 1)")
+        raise ValueError(
+            f"betas[{i}] = {float(b[i])!r} is outside (0, 1); every beta must be in (0, 1)"
+        )
     return b
 
 
