@@ -23,7 +23,7 @@ from ddpmkit.schedule import NoiseSchedule, make_betas
 
 @pytest.mark.parametrize("t", [0, 5, 49])
 def test_one_step_q_sample_matches_t_single_noising_steps(t: int) -> None:
-    """x_t drawn in one step matches x_t reached by t+1 single steps x_k = sqrt(1-b_k) x_{k-1} + sqrt(b_k) e."""
+    """One-step x_t matches t+1 single steps x_k = sqrt(1-b_k) x_{k-1} + sqrt(b_k) e."""
     betas = make_betas("linear", 50)
     s = NoiseSchedule.from_betas(betas)
     g = torch.Generator().manual_seed(1)

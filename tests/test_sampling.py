@@ -161,8 +161,7 @@ def test_ddim_eta_one_all_steps_has_ddpm_posterior_variance() -> None:
         sigma2 = (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
         seen.append(sigma2)
     assert torch.allclose(torch.tensor(seen), s.posterior_variance[1:], rtol=1e-4)
-    # and the eta = 1 sampler recovers the Gaussian like DDPM does
-    # With all 1000 steps of a fine chain eta = 1 is ancestral sampling, which is exact in the limit.
+    # With all 1000 steps of a fine chain, eta = 1 is ancestral sampling: it recovers the data.
     s = NoiseSchedule.from_name("cosine", 1000)
     g = torch.Generator().manual_seed(1)
     x0 = ddim_sample(

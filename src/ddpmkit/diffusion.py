@@ -59,7 +59,8 @@ def q_posterior(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0) (DDPM Eqs. 6-7).
 
-        mu~_t = beta_t sqrt(abar_{t-1}) / (1 - abar_t) x_0 + (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t) x_t
+        mu~_t = beta_t sqrt(abar_{t-1}) / (1 - abar_t) x_0
+                + (1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t) x_t
         beta~_t = (1 - abar_{t-1}) / (1 - abar_t) beta_t      (0 at t = 0: x_{-1} is x_0 exactly)
 
     Shapes: x0, x_t (B, *D); t (B,). Returns mean (B, *D), variance and log-variance (B, 1, ...).
@@ -185,7 +186,8 @@ def diffusion_loss_per_sample(
     """Per-sample weighted losses (B,) and the timesteps t (B,) they were drawn at.
 
     The terms of L_simple = E_t,eps ||target - f(x_t, t)||^2 (DDPM Eq. 14), each averaged over
-    the sample's dimensions. ``prediction`` picks the target (eps, x_0 or v); ``loss_type`` MSE (default) or L1 (seed 000);
+    the sample's dimensions. ``prediction`` picks the target (eps, x_0 or v); ``loss_type`` MSE
+    (default) or L1 (seed 000);
     ``min_snr_gamma`` weights each sample by :func:`loss_weights`. ``t``/``noise`` may be given
     (tests, likelihood terms); otherwise drawn from ``generator``.
     """

@@ -328,7 +328,8 @@ def dpm_solver_pp_sample(
 ) -> Tensor:
     """DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022, Alg. 2).
 
-    With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha/sigma), h = lambda_s - lambda_t:
+    With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha/sigma),
+    h = lambda_s - lambda_t:
         first order (step 1):  x_s = (sigma_s/sigma_t) x_t - alpha_s (e^{-h} - 1) D
         2M:  D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev,  r = h_prev / h
     The final step to clean data (sigma = 0) returns the x_0 estimate (first order), as

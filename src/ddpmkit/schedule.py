@@ -78,7 +78,7 @@ def quadratic_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 
 
 
 def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
-    """Cosine schedule (Nichol & Dhariwal 2021, Eq. 17): beta_t = 1 - abar(t+1)/abar(t), <= 0.999."""
+    """Cosine schedule (Nichol & Dhariwal 2021, Eq. 17): beta_t = 1 - abar(t+1)/abar(t) <= 0.999."""
     _check_num_steps(num_steps)
     steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
