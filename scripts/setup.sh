@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One-step setup on a fresh machine: a virtual environment with the CPU build of PyTorch pinned
+# (an unpinned `torch` pulls a multi-GB CUDA build), ddpmkit itself, and the Fashion-MNIST files.
+#   bash scripts/setup.sh          # runtime
+#   bash scripts/setup.sh --dev    # + test, lint and type-check tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+
+# Fashion-MNIST: Debian/Ubuntu ship it as a package (installs /usr/share/datasets/fashion-mnist);
+# elsewhere, or without root, fetch the canonical files into ~/.cache/ddpmkit (sha256-checked).
+if [ -d /usr/share/datasets/fashion-mnist ]; then
+  :
+elif command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }; } ||
+    echo "setup: apt-get could not install dataset-fashion-mnist; trying a download" >&2
+fi
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  .venv/bin/ddpm fetch fashion_mnist ||
+    echo "setup: Fashion-MNIST is not available; see README (Data) for how to get it" >&2
+fi

@@ -1,0 +1,195 @@
+"""The ``ddpm`` command line: a thin layer that builds configs and calls the library.
+
+    ddpm train [CONFIG] [--set key=value ...] [--out DIR] [--resume]
+    ddpm sample RUN_OR_CHECKPOINT [--sampler ddim] [--steps 50] [--guidance 2] [--num 64] ...
+    ddpm eval ...   ddpm plot ...
+
+A user mistake (bad config, missing dataset, corrupt checkpoint, wrong-shaped input) is one line
+on stderr, ``ddpm: error: ...``, exit status 2, and nothing written. ``DDPMKIT_DEBUG=1`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+__all__ = ["main"]
+
+
+class UsageError(ValueError):
+    """A mistake in the command line itself."""
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a TOML config or a built-in preset")
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="TOML file or preset name (fashion_mnist, s_curve, ...); default: fashion_mnist, "
+        "or the run's saved config with --resume",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=500 (repeatable)",
+    )
+    p.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
+    p.add_argument("--steps", type=int, default=None, help="shorthand for --set train.steps=N")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="draw samples from a trained model")
+    p.add_argument("checkpoint", help="run folder, checkpoint folder or exported model folder")
+    p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpmpp"])
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: 50; ddpm: T)")
+    p.add_argument("--spacing", default=None, help="timestep spacing (default per sampler)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale w")
+    p.add_argument(
+        "--label",
+        type=int,
+        action="append",
+        default=None,
+        help="class label to draw (repeatable; default: all classes in turn)",
+    )
+    p.add_argument("--grid-by-class", action="store_true", help="one grid row per class")
+    p.add_argument(
+        "--num", type=int, default=64, help="number of samples (per class with --grid-by-class)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="sample i uses seed + i: same whatever --num"
+    )
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default="samples", help="output folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddpm", description="Denoising diffusion models: train, sample, evaluate, plot."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_sample(sub)
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list:  # type: ignore[type-arg]
+    """Subcommands defined in their own modules (eval, plot), registered if present."""
+    out = []
+    for mod_name in ("ddpmkit.cli_eval", "ddpmkit.cli_plot"):
+        try:
+            mod = __import__(mod_name, fromlist=["register"])
+        except ImportError:
+            continue
+        out.append(mod.register)
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ddpmkit.training.config import (
+        RunConfig,
+        apply_overrides,
+        config_from_dict,
+        load_config,
+        validate_config,
+    )
+    from ddpmkit.training.loop import train
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.out is not None:
+        overrides.append(f'out_dir="{Path(args.out).as_posix()}"')
+    if args.resume and args.config is None:
+        # Continue the run as it was configured; overrides still apply (e.g. more steps).
+        base = load_config("fashion_mnist", overrides)
+        saved = base.run_dir / "config.json"
+        if not saved.is_file():
+            raise UsageError(
+                f"{base.run_dir}: no saved run to resume; give --out RUN_DIR or a config"
+            )
+        import json
+
+        data = apply_overrides(json.loads(saved.read_text()), overrides)
+        cfg = validate_config(config_from_dict(RunConfig, data))
+    else:
+        cfg = load_config(args.config if args.config is not None else "fashion_mnist", overrides)
+    result = train(cfg, resume=args.resume, progress=not args.no_progress, log=_info)
+    return 130 if result.interrupted else 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from ddpmkit.training.sample_cmd import run_sample
+
+    paths = run_sample(args, log=_info)
+    for p in paths:
+        _info(f"wrote {p}")
+    return 0
+
+
+def _info(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ddpmkit.data.images import DatasetError
+    from ddpmkit.training.checkpoint import CheckpointError
+    from ddpmkit.training.config import ConfigError
+    from ddpmkit.training.loop import TrainingError
+
+    handlers = {"train": _cmd_train, "sample": _cmd_sample}
+    handler = handlers.get(args.command) or args.handler
+    if args.command == "train" and threading_main():
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    try:
+        return int(handler(args))
+    except (ConfigError, CheckpointError, DatasetError, UsageError) as e:
+        if os.environ.get("DDPMKIT_DEBUG"):
+            raise
+        print(f"ddpm: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"ddpm: error: {e}", file=sys.stderr)
+        return 1
+    except (
+        ValueError,
+        OSError,
+    ) as e:  # e.g. a disk full during a save, bad values in library calls
+        if os.environ.get("DDPMKIT_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ddpm: error: {msg}", file=sys.stderr)
+        return 2
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Explicit builders from config to objects: the data, the network, the schedule.
+
+No class names in strings, no registries of callables beyond the small dicts below: each kind of
+object is built by one function that reads the config section it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ddpmkit.schedule import NoiseSchedule
+from ddpmkit.training.config import ConfigError, DiffusionConfig, ModelConfig, RunConfig
+
+__all__ = ["TrainData", "build_model", "build_schedule", "load_train_data", "model_from_meta"]
+
+TOY_NAMES = ("s_curve", "swiss_roll", "moons", "eight_gaussians")
+
+
+@dataclass
+class TrainData:
+    """Training data in memory. Images: uint8 (N, C, H, W); toys: float32 (N, 2)."""
+
+    x: Tensor
+    labels: Tensor | None  # int64 (N,) or None
+    class_names: list[str]
+    kind: str  # "image" | "toy"
+    source: str
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.labels is not None else 0
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description stored in checkpoints (to rebuild the model and check data)."""
+        return {
+            "kind": self.kind,
+            "sample_shape": list(self.sample_shape),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "source": self.source,
+            "num_items": int(self.x.shape[0]),
+        }
+
+
+def load_train_data(cfg: RunConfig, log: Any = print) -> TrainData:
+    """Load the dataset named by ``cfg.data`` into memory."""
+    d = cfg.data
+    if d.name in TOY_NAMES:
+        from ddpmkit.data.toy2d import make_toy
+
+        x = make_toy(d.name, d.num_points, seed=cfg.train.seed)
+        return TrainData(x, None, [], "toy", f"{d.name} ({d.num_points} points)")
+    from ddpmkit.data import DATASETS, load_dataset
+
+    if d.name not in DATASETS:
+        raise ConfigError(
+            f"data.name: {d.name!r} is not allowed; expected one of "
+            f"{sorted([*DATASETS, *TOY_NAMES])}"
+        )
+    size: int | tuple[int, int] | None
+    if not d.image_size:
+        size = None
+    elif len(d.image_size) == 1:
+        size = d.image_size[0]
+    else:
+        size = (d.image_size[0], d.image_size[1])
+    data = load_dataset(
+        d.name,
+        root=d.root or None,
+        split="train",
+        image_size=size,
+        channels=d.channels or None,
+        class_subfolders=d.class_subfolders,
+        download=d.download,
+        log=log,
+    )
+    labels = data.labels if (d.conditional and data.labels is not None) else None
+    names = list(data.class_names) if labels is not None else []
+    return TrainData(data.images, labels, names, "image", data.source)
+
+
+def build_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
+    if cfg.schedule == "custom":
+        try:
+            return NoiseSchedule.from_betas(list(cfg.betas))
+        except ValueError as e:
+            raise ConfigError(f"diffusion.betas: {e}") from None
+    return NoiseSchedule.from_name(cfg.schedule, cfg.num_steps)
+
+
+def build_model(
+    cfg: ModelConfig, sample_shape: tuple[int, ...], num_classes: int, num_steps: int
+) -> nn.Module:
+    """The denoiser for data of ``sample_shape``: (D,) -> MLP, (C, H, W) -> U-Net."""
+    if cfg.kind in ("mlp", "mlp_step"):
+        if len(sample_shape) != 1:
+            raise ConfigError(
+                f"model.kind: {cfg.kind!r} is for vector (2-D toy) data, but the data has shape "
+                f"{list(sample_shape)}; use model.kind = 'unet' for images"
+            )
+        if num_classes:
+            raise ConfigError("model.kind: the MLPs are unconditional; set data.conditional=false")
+        from ddpmkit.nn.mlp import SinusoidalMLP, StepEmbedMLP
+
+        if cfg.kind == "mlp_step":
+            return StepEmbedMLP(num_steps, sample_shape[0], cfg.hidden, cfg.depth)
+        return SinusoidalMLP(sample_shape[0], cfg.hidden, cfg.depth)
+    if len(sample_shape) != 3:
+        raise ConfigError(
+            f"model.kind: 'unet' needs image data (C, H, W), but the data has shape "
+            f"{list(sample_shape)}; use model.kind = 'mlp' for 2-D toys"
+        )
+    from ddpmkit.nn.unet import UNet, UNetConfig
+
+    c, h, w = sample_shape
+    ucfg = UNetConfig(
+        in_channels=c,
+        image_size=(h, w),
+        base_channels=cfg.base_channels,
+        channel_mults=tuple(cfg.channel_mults),
+        num_res_blocks=cfg.num_res_blocks,
+        attention_resolutions=tuple(cfg.attention_resolutions),
+        num_heads=cfg.num_heads,
+        dropout=cfg.dropout,
+        num_classes=num_classes,
+        conditioning=cfg.conditioning,
+        num_cond_tokens=cfg.num_cond_tokens,
+        scale_shift=cfg.scale_shift,
+        groups=cfg.groups,
+    )
+    try:
+        return UNet(ucfg)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def model_from_meta(meta: dict[str, Any]) -> tuple[nn.Module, NoiseSchedule, RunConfig]:
+    """Rebuild (network, schedule, config) from checkpoint/export metadata (no weights loaded)."""
+    from ddpmkit.training.config import config_from_dict
+
+    cfg = config_from_dict(RunConfig, meta["config"])
+    data = meta["data"]
+    model = build_model(
+        cfg.model, tuple(data["sample_shape"]), int(data["num_classes"]), cfg.diffusion.num_steps
+    )
+    return model, build_schedule(cfg.diffusion), cfg
+
+
+def load_weights(model: nn.Module, weights: dict[str, Tensor], source: str) -> None:
+    """load_state_dict with a one-line error for a wrong architecture."""
+    from ddpmkit.training.checkpoint import CheckpointError
+
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise CheckpointError(
+            f"{source}: weights do not fit the model in its config (wrong architecture): "
+            f"{detail[:300]}"
+        ) from None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

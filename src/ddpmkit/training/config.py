@@ -1,0 +1,341 @@
+"""Typed, serialisable run configuration: frozen dataclasses, TOML in, JSON in the checkpoint.
+
+A run is described by :class:`RunConfig` = model + diffusion + data + train + sample sections.
+TOML files are read with ``tomllib``; every key is checked against the dataclass fields and
+their types, so an unknown key or a wrong type is a one-line :class:`ConfigError` naming the key
+(``train.lr``), never a silent default. ``--set section.key=value`` overrides go through the same
+check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import tomllib
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DiffusionConfig",
+    "ModelConfig",
+    "RunConfig",
+    "SampleConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "unet"  # "unet" (images) | "mlp" (2-D, sinusoidal time) | "mlp_step" (seed 002)
+    # U-Net
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (7,)  # feature-map sides with self-attention
+    num_heads: int = 4
+    dropout: float = 0.0
+    conditioning: str = "add"  # "add" | "cross" | "add+cross" (used when the data has labels)
+    num_cond_tokens: int = 4  # condition tokens per label for cross-attention
+    scale_shift: bool = True  # FiLM-style time conditioning in ResBlocks (improved-diffusion)
+    groups: int = 8  # GroupNorm groups
+    # MLP
+    hidden: int = 128
+    depth: int = 3
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    schedule: str = "cosine"  # linear | cosine | quadratic | sigmoid | custom (then give betas)
+    num_steps: int = 1000
+    betas: tuple[float, ...] = ()  # only with schedule = "custom"
+    prediction: str = "eps"  # eps | x0 | v
+    loss: str = "mse"  # mse | l1 (seed 000)
+    min_snr_gamma: float = 0.0  # 0 = off; else min-SNR-gamma weighting (Hang et al. 2023)
+    antithetic: bool = False  # seed 002's paired timesteps t and T-1-t
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # fashion_mnist | mnist | digits | folder (images); s_curve | swiss_roll | moons |
+    # eight_gaussians (2-D toys)
+    name: str = "fashion_mnist"
+    root: str = ""  # dataset folder ("" = the dataset's default location)
+    image_size: tuple[int, ...] = ()  # () = native; (S,) square; (H, W)
+    channels: int = 0  # 0 = native/inferred; 1 or 3
+    class_subfolders: bool = False  # folder datasets: first-level subfolder = class label
+    conditional: bool = True  # use labels when the dataset has them
+    hflip: bool = False  # random horizontal flip (not for digits/text-like data)
+    download: bool = False  # fetch canonical MNIST-like files into the cache if missing
+    num_points: int = 10_000  # 2-D toys: size of the training set
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    grad_accum: int = 1  # micro-batches per optimizer step
+    ema_decay: float = 0.999
+    ema_warmup: int = 100  # EMA decay ramps as min(decay, (1 + n) / (10 + n)) until then
+    cfg_dropout: float = 0.1  # probability of replacing a label by the null class
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast)
+    channels_last: str = "auto"  # auto | on | off
+    num_threads: int = 0  # torch threads; 0 = leave torch's default
+    log_every: int = 50
+    sample_every: int = 500  # sample grid PNG every K steps; 0 = only at the end
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    time_limit_min: float = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
+    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str = "ddim"  # ddpm | ddim | dpmpp
+    steps: int = 50
+    guidance: float = 1.0  # classifier-free guidance scale w (1 = plain conditional)
+    num: int = 64  # samples in a training-time grid
+    spacing: str = "trailing"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    out_dir: str = ""  # "" = runs/<name>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a valid {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = [value]  # image_size = 28 is shorthand for (28,)
+            else:
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, _ell) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise ConfigError(f"unknown key {key!r}; allowed keys here: {sorted(names)}")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = config_from_dict(tp, v, prefix=f"{key}.")  # type: ignore[arg-type]
+        else:
+            kwargs[k] = _coerce(v, tp, key)
+    return cls(**kwargs)
+
+
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {list(allowed)}")
+
+
+def validate_config(cfg: RunConfig) -> RunConfig:
+    """Semantic checks beyond types (choices, ranges); raises ConfigError naming the key."""
+    from ddpmkit.schedule import SCHEDULES
+
+    m, d, dt, tr, s = cfg.model, cfg.diffusion, cfg.data, cfg.train, cfg.sample
+    _check_choice("model.kind", m.kind, ("unet", "mlp", "mlp_step"))
+    _check_choice("model.conditioning", m.conditioning, ("add", "cross", "add+cross"))
+    _check_choice("diffusion.schedule", d.schedule, (*sorted(SCHEDULES), "custom"))
+    _check_choice("diffusion.prediction", d.prediction, ("eps", "x0", "v"))
+    _check_choice("diffusion.loss", d.loss, ("mse", "l1"))
+    _check_choice("train.precision", tr.precision, ("auto", "fp32", "bf16"))
+    _check_choice("train.channels_last", tr.channels_last, ("auto", "on", "off"))
+    _check_choice("sample.sampler", s.sampler, ("ddpm", "ddim", "dpmpp"))
+    from ddpmkit.sampling import SPACINGS
+
+    _check_choice("sample.spacing", s.spacing, SPACINGS)
+    positive = {
+        "diffusion.num_steps": d.num_steps,
+        "train.steps": tr.steps,
+        "train.batch_size": tr.batch_size,
+        "train.grad_accum": tr.grad_accum,
+        "train.log_every": tr.log_every,
+        "train.checkpoint_every": tr.checkpoint_every,
+        "train.keep_checkpoints": tr.keep_checkpoints,
+        "train.max_bad_steps": tr.max_bad_steps,
+        "sample.steps": s.steps,
+        "sample.num": s.num,
+        "model.base_channels": m.base_channels,
+        "model.num_res_blocks": m.num_res_blocks,
+        "model.num_heads": m.num_heads,
+        "model.hidden": m.hidden,
+        "model.depth": m.depth,
+        "model.groups": m.groups,
+        "model.num_cond_tokens": m.num_cond_tokens,
+        "data.num_points": dt.num_points,
+    }
+    for key, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {v}")
+    nonneg = {
+        "train.lr": tr.lr,
+        "train.weight_decay": tr.weight_decay,
+        "train.warmup_steps": tr.warmup_steps,
+        "train.grad_clip": tr.grad_clip,
+        "train.ema_warmup": tr.ema_warmup,
+        "train.num_threads": tr.num_threads,
+        "train.sample_every": tr.sample_every,
+        "train.time_limit_min": tr.time_limit_min,
+        "diffusion.min_snr_gamma": d.min_snr_gamma,
+        "model.dropout": m.dropout,
+        "data.channels": dt.channels,
+    }
+    for key, v in nonneg.items():
+        if not v >= 0:  # also rejects NaN
+            raise ConfigError(f"{key}: must be >= 0, got {v}")
+    if not 0.0 <= tr.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {tr.ema_decay}")
+    if not 0.0 <= tr.cfg_dropout < 1.0:
+        raise ConfigError(f"train.cfg_dropout: must be in [0, 1), got {tr.cfg_dropout}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if tr.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0, got {tr.lr}")
+    if s.steps > d.num_steps:
+        raise ConfigError(
+            f"sample.steps: {s.steps} is more than diffusion.num_steps = {d.num_steps}"
+        )
+    if dt.channels not in (0, 1, 3):
+        raise ConfigError(f"data.channels: must be 0 (native), 1 or 3, got {dt.channels}")
+    if len(dt.image_size) > 2 or any(v < 1 for v in dt.image_size):
+        raise ConfigError(
+            f"data.image_size: expected [] , [S] or [H, W], got {list(dt.image_size)}"
+        )
+    if d.schedule == "custom":
+        if not d.betas:
+            raise ConfigError("diffusion.betas: required when diffusion.schedule = 'custom'")
+        if len(d.betas) != d.num_steps:
+            raise ConfigError(
+                f"diffusion.betas: has {len(d.betas)} values but diffusion.num_steps = {d.num_steps}"
+            )
+    elif d.betas:
+        raise ConfigError("diffusion.betas: only allowed with diffusion.schedule = 'custom'")
+    if ".." in Path(cfg.name).parts or "/" in cfg.name or "\\" in cfg.name or not cfg.name:
+        raise ConfigError(f"name: {cfg.name!r} must be a plain folder name (no '/' or '..')")
+    return cfg
+
+
+def _parse_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value: TOML syntax (numbers, true/false, [lists], "strings"), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested config dict (validated later)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=500")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(text.strip())
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML file (or a built-in preset name), apply overrides, validate."""
+    if path is None:
+        data: dict[str, Any] = {}
+    else:
+        p = Path(path)
+        if not p.exists() and p.suffix == "":
+            from ddpmkit.training.presets import preset_path
+
+            p = preset_path(str(path))
+        data = _parse_toml(p)
+    data = apply_overrides(data, overrides or [])
+    return validate_config(config_from_dict(RunConfig, data))

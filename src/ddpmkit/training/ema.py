@@ -1,0 +1,57 @@
+"""Exponential moving average of a model's weights (Polyak averaging).
+
+Only floating-point *parameters and buffers of the network* are averaged. Noise-schedule
+constants are never part of a network in ddpmkit (they live in the immutable NoiseSchedule), so
+an EMA can never corrupt them; integer buffers are copied, not averaged.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EMA"]
+
+
+class EMA:
+    """ema <- d_n * ema + (1 - d_n) * w after update n, with d_n = decay * min(1, n / warmup).
+
+    The warm-up ramps the decay linearly from 0 over ``warmup`` updates, so the average follows
+    the fast early changes instead of remembering the random initialisation for ~1/(1 - decay)
+    steps; ``warmup = 0`` uses ``decay`` from the first update.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: int = 100):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.warmup = warmup
+        self.num_updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def current_decay(self) -> float:
+        if self.warmup <= 0:
+            return self.decay
+        return self.decay * min(1.0, self.num_updates / self.warmup)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average one step towards ``model``'s current weights."""
+        d = self.current_decay()
+        ema_params = [p for p in self.model.parameters()]
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor], num_updates: int) -> None:
+        self.model.load_state_dict(state)
+        self.num_updates = num_updates

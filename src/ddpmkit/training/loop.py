@@ -1,0 +1,359 @@
+"""The training loop: ``train(cfg)`` -> RunResult. One process, or one rank of torchrun/DDP.
+
+Randomness: one ``torch.Generator`` seeded from ``train.seed`` draws, for every step, the
+*global* batch (indices, timesteps, noise, flips, label drops) of size batch_size x world_size;
+each rank takes its slice. So N ranks at batch B see exactly the samples one process sees at
+batch N*B, and a resumed run continues the same stream (the generator state is checkpointed).
+The global torch RNG (dropout) is seeded with seed + rank and checkpointed per run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ddpmkit import __version__
+from ddpmkit.diffusion import diffusion_loss_per_sample
+from ddpmkit.sampling import NULL_LABEL
+from ddpmkit.schedule import NoiseSchedule
+from ddpmkit.training import checkpoint as ckpt
+from ddpmkit.training.build import (
+    TrainData,
+    build_model,
+    build_schedule,
+    load_train_data,
+    load_weights,
+)
+from ddpmkit.training.config import RunConfig
+from ddpmkit.training.distributed import DistInfo, init_distributed
+from ddpmkit.training.ema import EMA
+from ddpmkit.training.metrics_log import MetricLogger
+from ddpmkit.training.previews import write_preview
+
+__all__ = ["RunResult", "TrainingError", "train"]
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (e.g. the loss stayed non-finite); a checkpoint was written."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    last_loss: float
+    interrupted: bool = False
+    files: list[Path] = field(default_factory=list)
+
+
+def _use_bf16(cfg: RunConfig, device: torch.device, data: TrainData) -> bool:
+    if cfg.train.precision == "bf16":
+        return True
+    if cfg.train.precision == "fp32" or data.kind == "toy":
+        return False  # the 2-D MLPs are too small for autocast to pay off
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # Measured (benchmarks/bench_unet_layout.py): bf16 autocast is several times faster than
+    # fp32 on CPUs with native bf16 (AVX-512 BF16 / AMX); elsewhere it is emulated and slower.
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def _use_channels_last(cfg: RunConfig, data: TrainData) -> bool:
+    if cfg.train.channels_last == "on":
+        return data.kind == "image"
+    if cfg.train.channels_last == "off":
+        return False
+    return data.kind == "image"
+
+
+def _lr_at(cfg: RunConfig, step: int) -> float:
+    """Linear warm-up to train.lr over warmup_steps, then constant."""
+    w = cfg.train.warmup_steps
+    return cfg.train.lr * min(1.0, (step + 1) / w) if w > 0 else cfg.train.lr
+
+
+def _rng_state(gen: torch.Generator, dist: DistInfo) -> dict[str, Tensor]:
+    return {"data": gen.get_state(), f"torch_rank{dist.rank}": torch.get_rng_state()}
+
+
+def _restore_rng(gen: torch.Generator, rng: dict[str, Tensor], dist: DistInfo) -> None:
+    gen.set_state(rng["data"])
+    key = f"torch_rank{dist.rank}"
+    if key in rng:
+        torch.set_rng_state(rng[key])
+
+
+class _Batcher:
+    """Draws the global batch from the shared generator and returns this rank's slice."""
+
+    def __init__(self, data: TrainData, cfg: RunConfig, sched: NoiseSchedule, dist: DistInfo):
+        self.data, self.cfg, self.sched, self.dist = data, cfg, sched, dist
+        self.b = cfg.train.batch_size
+        self.g = self.b * dist.world_size
+
+    def draw(
+        self, gen: torch.Generator, device: torch.device
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        data, cfg = self.data, self.cfg
+        idx = torch.randint(0, data.x.shape[0], (self.g,), generator=gen)
+        t = torch.randint(0, self.sched.num_steps, (self.g,), generator=gen)
+        if cfg.diffusion.antithetic:
+            half = self.g // 2
+            t[self.g - half :] = self.sched.num_steps - 1 - t[:half]
+        noise = torch.randn((self.g, *data.sample_shape), generator=gen)
+        flip = torch.rand(self.g, generator=gen) < 0.5
+        drop = torch.rand(self.g, generator=gen) < cfg.train.cfg_dropout
+        lo, hi = self.dist.rank * self.b, (self.dist.rank + 1) * self.b
+        idx, t, noise, flip, drop = idx[lo:hi], t[lo:hi], noise[lo:hi], flip[lo:hi], drop[lo:hi]
+        x = data.x[idx]
+        if data.kind == "image":
+            x = x.float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1] (see data.to_model_range)
+            if cfg.data.hflip:
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = None
+        if data.labels is not None:
+            y = data.labels[idx].clone()
+            y[drop] = NULL_LABEL
+        return x.to(device), (None if y is None else y.to(device)), t.to(device), noise.to(device)
+
+
+def _preflight(model: nn.Module, data: TrainData, device: torch.device) -> None:
+    """Call the network once on two items so a shape mismatch is a clear error up front."""
+    from ddpmkit.training.config import ConfigError
+
+    x = torch.zeros((2, *data.sample_shape), device=device)
+    t = torch.zeros(2, dtype=torch.long, device=device)
+    try:
+        with torch.no_grad():
+            out = model(x, t) if data.labels is None else model(x, t, torch.zeros_like(t))
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[0]
+        raise ConfigError(
+            f"model: the network cannot take data of shape {list(x.shape)}: {msg}"
+        ) from None
+    if tuple(out.shape) != tuple(x.shape):
+        raise ConfigError(
+            f"model: output shape {list(out.shape)} differs from input shape {list(x.shape)}; "
+            "the network must return one value per input value"
+        )
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> RunResult:
+    """Train per ``cfg``; with ``resume`` continue from the run folder's latest checkpoint.
+
+    ``stop_after`` ends the run (with a checkpoint) after that many steps of this call, for tests
+    of resumption.
+    """
+    dist = init_distributed()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    run_dir = cfg.run_dir
+    loaded = None
+    if resume:
+        found = ckpt.find_latest(run_dir)
+        if found is None:
+            raise ckpt.CheckpointError(
+                f"{run_dir}: nothing to resume (no complete checkpoint); start without --resume"
+            )
+        loaded = ckpt.load_checkpoint(found)
+    device = dist.device
+    data = load_train_data(cfg, log=log if dist.is_main else (lambda s: None))
+    sched = build_schedule(cfg.diffusion)
+    torch.manual_seed(cfg.train.seed + dist.rank)
+    model = build_model(cfg.model, data.sample_shape, data.num_classes, sched.num_steps).to(device)
+    channels_last = _use_channels_last(cfg, data)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    _preflight(model, data, device)
+    bf16 = _use_bf16(cfg, device, data)
+    ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.99)
+    )
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    step = 0
+    if loaded is not None:
+        load_weights(model, loaded.model, str(loaded.path / "model.safetensors"))
+        load_weights(ema.model, loaded.ema, str(loaded.path / "ema.safetensors"))
+        ema.num_updates = int(loaded.state["ema_updates"])
+        assert loaded.optimizer is not None
+        opt.load_state_dict(loaded.optimizer)
+        _restore_rng(gen, loaded.rng, dist)
+        step = int(loaded.state["step"])
+    net: nn.Module = model
+    if dist.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=dist.device_ids)
+    sched_dev = sched.to(device)
+    batcher = _Batcher(data, cfg, sched, dist)
+    meta_base = {
+        "config": cfg.to_dict(),
+        "data": data.describe(),
+        "ddpmkit_version": __version__,
+        "precision": "bf16" if bf16 else "fp32",
+    }
+    logger = MetricLogger(run_dir, enabled=dist.is_main, tensorboard=True)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        n_tmp = ckpt.clean_temporaries(run_dir)
+        if n_tmp:
+            log(f"removed {n_tmp} incomplete checkpoint temporaries from an earlier crash")
+        ckpt.atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
+        n_params = sum(p.numel() for p in model.parameters())
+        log(
+            f"training {cfg.model.kind} ({n_params / 1e6:.2f}M parameters) on {data.source}, "
+            f"{'bf16 autocast' if bf16 else 'fp32'}"
+            f"{', channels_last' if channels_last else ''}, {dist.world_size} process(es), "
+            f"run folder {run_dir}"
+        )
+
+    def save(at_step: int) -> None:
+        if not dist.is_main:
+            return
+        meta = {**meta_base, "ema_updates": ema.num_updates}
+        ckpt.save_checkpoint(
+            run_dir,
+            at_step,
+            model=model.state_dict(),
+            ema=ema.state_dict(),
+            optimizer=opt.state_dict(),
+            rng=_rng_state(gen, dist),
+            meta=meta,
+            keep=cfg.train.keep_checkpoints,
+        )
+
+    total = cfg.train.steps
+    start_step, t0 = step, time.perf_counter()
+    deadline = t0 + 60 * cfg.train.time_limit_min if cfg.train.time_limit_min > 0 else math.inf
+    bar = None
+    if progress and dist.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True)
+    acc_loss = torch.zeros((), device=device)
+    q_sum = torch.zeros(4, device=device)
+    q_cnt = torch.zeros(4, device=device)
+    n_acc, bad_steps, last_loss, interrupted = 0, 0, float("nan"), False
+    t_log = time.perf_counter()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    try:
+        while step < total:
+            if stop_after is not None and step - start_step >= stop_after:
+                break
+            if time.perf_counter() > deadline:
+                log(f"time limit of {cfg.train.time_limit_min} min reached at step {step}")
+                break
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step)
+            x, y, t, noise = batcher.draw(gen, device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+                noise = noise.contiguous(memory_format=torch.channels_last)
+            micro = cfg.train.grad_accum
+            chunks = list(zip(x.chunk(micro), t.chunk(micro), noise.chunk(micro)))
+            y_chunks = y.chunk(micro) if y is not None else [None] * len(chunks)
+            opt.zero_grad(set_to_none=True)
+            step_loss = torch.zeros((), device=device)
+            for i, ((xc, tc, nc), yc) in enumerate(zip(chunks, y_chunks)):
+                sync = nullcontext()
+                if dist.world_size > 1 and i < len(chunks) - 1:
+                    sync = net.no_sync()  # type: ignore[operator]
+                with sync, autocast:
+                    per, _ = diffusion_loss_per_sample(
+                        net,
+                        sched_dev,
+                        xc,
+                        y=yc,
+                        t=tc,
+                        noise=nc,
+                        prediction=cfg.diffusion.prediction,
+                        loss_type=cfg.diffusion.loss,  # type: ignore[arg-type]
+                        min_snr_gamma=cfg.diffusion.min_snr_gamma or None,
+                    )
+                    loss = per.mean() * (xc.shape[0] / x.shape[0])
+                loss.backward()
+                step_loss += loss.detach()
+                with torch.no_grad():
+                    q = (tc * 4 // sched.num_steps).clamp(max=3)
+                    q_sum.index_add_(0, q, per.detach().float())
+                    q_cnt.index_add_(0, q, torch.ones_like(per.detach().float()))
+            if not torch.isfinite(step_loss):
+                bad_steps += 1
+                opt.zero_grad(set_to_none=True)
+                log(f"step {step}: non-finite loss, step skipped ({bad_steps} in a row)")
+                if bad_steps >= cfg.train.max_bad_steps:
+                    save(step)
+                    raise TrainingError(
+                        f"the loss was non-finite for {bad_steps} consecutive steps at step {step}; "
+                        f"stopped with a checkpoint of the last good weights in {run_dir}; "
+                        "lower train.lr or check the data"
+                    )
+                continue
+            bad_steps = 0
+            if cfg.train.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            ema.update(model)
+            step += 1
+            acc_loss += step_loss
+            n_acc += 1
+            if bar is not None:
+                bar.update(1)
+            if step % cfg.train.log_every == 0 or step == total:
+                now = time.perf_counter()
+                last_loss = float(acc_loss) / max(n_acc, 1)
+                ips = n_acc * batcher.g / max(now - t_log, 1e-9)
+                rec: dict[str, float] = {
+                    "step": step,
+                    "loss": last_loss,
+                    "lr": _lr_at(cfg, step - 1),
+                    "images_per_s": ips,
+                    "time_s": now - t0,
+                }
+                for k in range(4):
+                    if float(q_cnt[k]) > 0:
+                        rec[f"loss_q{k}"] = float(q_sum[k] / q_cnt[k])
+                logger.log(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", ips=f"{ips:.0f}")
+                acc_loss.zero_()
+                q_sum.zero_()
+                q_cnt.zero_()
+                n_acc, t_log = 0, now
+            if dist.is_main and cfg.train.sample_every and step % cfg.train.sample_every == 0:
+                write_preview(ema.model, sched, data, cfg, run_dir, step, logger, bf16)
+            if step % cfg.train.checkpoint_every == 0:
+                save(step)
+    except KeyboardInterrupt:
+        interrupted = True
+        log(f"interrupted at step {step}; writing a checkpoint")
+    finally:
+        if bar is not None:
+            bar.close()
+    save(step)
+    files: list[Path] = []
+    if dist.is_main:
+        files = write_preview(ema.model, sched, data, cfg, run_dir, step, logger, bf16, final=True)
+        ckpt.save_model_export(run_dir / "model", ema.state_dict(), {**meta_base, "step": step})
+        files.append(run_dir / "model" / "model.safetensors")
+        elapsed = time.perf_counter() - t0
+        log(f"done: step {step} in {elapsed:.0f} s; model in {run_dir / 'model'}")
+    logger.close()
+    dist.barrier()
+    return RunResult(run_dir, step, last_loss, interrupted, files)

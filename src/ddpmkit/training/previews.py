@@ -1,0 +1,159 @@
+"""Sample previews written during and after training (EMA weights, fixed noise).
+
+Images: a grid PNG under ``<run>/samples/`` (one row per class for conditional models), the
+same grid in TensorBoard. 2-D toys: data beside samples, and seed 002's reverse process in 10
+snapshots (PNG + GIF) at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from ddpmkit.sampling import SAMPLERS, ddpm_sample, initial_noise
+from ddpmkit.schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from ddpmkit.training.build import TrainData
+    from ddpmkit.training.config import RunConfig
+    from ddpmkit.training.metrics_log import MetricLogger
+
+__all__ = ["class_grid_labels", "sample_images", "write_preview"]
+
+PREVIEW_SEED = 1234  # the same noise at every preview, so grids over training are comparable
+
+
+def class_grid_labels(num_classes: int, per_class: int) -> Tensor:
+    """Labels for a grid with one row per class: [0]*per_class + [1]*per_class + ..."""
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+def sample_images(
+    model: nn.Module,
+    sched: NoiseSchedule,
+    cfg: RunConfig,
+    shape: tuple[int, ...],
+    n: int,
+    *,
+    y: Tensor | None,
+    bf16: bool,
+    seed: int = PREVIEW_SEED,
+    callback: object = None,
+) -> Tensor:
+    """Draw n samples with the run's preview sampler; returns float32 on the CPU."""
+    device = next(model.parameters()).device
+    x_T = initial_noise((n, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    sampler = SAMPLERS[cfg.sample.sampler]
+    kwargs: dict[str, object] = {}
+    if cfg.sample.sampler in ("ddpm", "ddim"):
+        kwargs["clip_x0"] = 1.0 if len(shape) == 3 else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast:
+            out = sampler(
+                model,
+                sched.to(device),
+                x_T,
+                num_steps=cfg.sample.steps,
+                y=None if y is None else y.to(device),
+                guidance_scale=cfg.sample.guidance,
+                generator=torch.Generator().manual_seed(seed + 1),
+                prediction=cfg.diffusion.prediction,
+                spacing=cfg.sample.spacing,
+                callback=callback,
+                **kwargs,
+            )
+    finally:
+        model.train(was_training)
+    return out.float().cpu()
+
+
+def write_preview(
+    model: nn.Module,
+    sched: NoiseSchedule,
+    data: TrainData,
+    cfg: RunConfig,
+    run_dir: Path,
+    step: int,
+    logger: MetricLogger,
+    bf16: bool,
+    final: bool = False,
+) -> list[Path]:
+    """Write this step's preview files; returns their paths."""
+    out_dir = run_dir / "samples"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if data.kind == "toy":
+        return _toy_preview(model, sched, data, cfg, out_dir, step, final)
+    from ddpmkit.viz.grid import grid_with_row_labels, make_grid, save_grid, to_uint8
+
+    if data.num_classes:
+        per_class = max(1, cfg.sample.num // data.num_classes)
+        y: Tensor | None = class_grid_labels(data.num_classes, per_class)
+        n, nrow = data.num_classes * per_class, per_class
+    else:
+        y, n = None, cfg.sample.num
+        nrow = max(1, int(round(n**0.5)))
+    x = sample_images(model, sched, cfg, data.sample_shape, n, y=y, bf16=bf16)
+    u8 = to_uint8(x)
+    path = out_dir / f"step_{step:08d}.png"
+    upscale = max(1, 64 // data.sample_shape[1])
+    if y is not None:
+        grid_with_row_labels(u8, nrow, data.class_names, path, upscale=upscale)
+    else:
+        save_grid(u8, path, nrow, upscale=upscale)
+    shutil.copyfile(path, out_dir / "latest.png")
+    logger.image("samples", make_grid(u8, nrow), step)
+    return [path, out_dir / "latest.png"]
+
+
+def _toy_preview(
+    model: nn.Module,
+    sched: NoiseSchedule,
+    data: TrainData,
+    cfg: RunConfig,
+    out_dir: Path,
+    step: int,
+    final: bool,
+) -> list[Path]:
+    from ddpmkit.viz.scatter import plot_data_vs_samples
+
+    n = min(2000, data.x.shape[0])
+    ref = data.x[:n]
+    samples = sample_images(model, sched, cfg, data.sample_shape, n, y=None, bf16=False)
+    path = out_dir / f"step_{step:08d}.png"
+    plot_data_vs_samples(ref, samples, path, title=f"{cfg.data.name}: step {step}")
+    files = [path]
+    if final:
+        from ddpmkit.viz.trajectory import (
+            TrajectoryRecorder,
+            plot_reverse_process,
+            save_reverse_gif,
+        )
+
+        rec = TrajectoryRecorder(num_snapshots=10, max_items=n)
+        device = next(model.parameters()).device
+        x_T = initial_noise((n, 2), generator=torch.Generator().manual_seed(PREVIEW_SEED))
+        model.eval()
+        ddpm_sample(
+            model,
+            sched.to(device),
+            x_T.to(device),
+            generator=torch.Generator().manual_seed(PREVIEW_SEED + 1),
+            prediction=cfg.diffusion.prediction,
+            callback=rec,
+        )
+        strip = out_dir.parent / "reverse_process.png"
+        plot_reverse_process(rec, strip, kind="scatter")
+        gif = out_dir.parent / "reverse_process.gif"
+        save_reverse_gif(rec, gif)
+        final_png = out_dir.parent / "data_vs_samples.png"
+        plot_data_vs_samples(ref, samples, final_png, title=f"{cfg.data.name}: data vs samples")
+        files += [strip, gif, final_png]
+    return files

@@ -1,0 +1,151 @@
+"""``ddpm sample``: load a model (EMA weights by default) and write grid, PNGs and ``.npz``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddpmkit.sampling import SAMPLERS, SPACINGS, initial_noise
+from ddpmkit.schedule import NoiseSchedule
+from ddpmkit.training.build import load_weights, model_from_meta
+from ddpmkit.training.checkpoint import CheckpointError, _read_tensors, resolve_model_path
+from ddpmkit.training.config import ConfigError, RunConfig
+
+__all__ = ["load_model", "run_sample"]
+
+
+def load_model(
+    path: Path, *, raw: bool = False
+) -> tuple[nn.Module, NoiseSchedule, RunConfig, dict[str, Any]]:
+    """(network in eval mode, schedule, config, metadata) from a run/checkpoint/export folder."""
+    meta, folder = resolve_model_path(Path(path))
+    if "config" not in meta or "data" not in meta:
+        raise CheckpointError(f"{folder}: metadata has no config/data section; not a ddpmkit model")
+    try:
+        model, sched, cfg = model_from_meta(meta)
+    except (ConfigError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder}: its config cannot be used ({e})") from None
+    if (folder / "ema.safetensors").is_file():
+        name = "model" if raw else "ema"
+    else:
+        if raw:
+            raise CheckpointError(f"{folder}: an exported model holds only EMA weights; drop --raw")
+        name = "model"
+    sha = meta.get("sha256", {}).get(name)
+    weights = _read_tensors(folder / f"{name}.safetensors", sha)
+    load_weights(model, weights, str(folder / f"{name}.safetensors"))
+    return model.eval(), sched, cfg, meta
+
+
+def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[Path]:
+    model, sched, cfg, meta = load_model(Path(args.checkpoint), raw=args.raw)
+    data = meta["data"]
+    shape = tuple(int(v) for v in data["sample_shape"])
+    num_classes = int(data["num_classes"])
+    names = list(data.get("class_names", []))
+    if args.num < 1:
+        raise ConfigError(f"--num: must be >= 1, got {args.num}")
+    steps = args.steps
+    if steps is None:
+        steps = sched.num_steps if args.sampler == "ddpm" else min(50, sched.num_steps)
+    if not 1 <= steps <= sched.num_steps:
+        raise ConfigError(f"--steps: must be in [1, {sched.num_steps}], got {steps}")
+    spacing = args.spacing or ("logsnr" if args.sampler == "dpmpp" else "trailing")
+    if spacing not in SPACINGS:
+        raise ConfigError(
+            f"--spacing: {spacing!r} is not allowed; expected one of {list(SPACINGS)}"
+        )
+    labels = args.label
+    if (labels or args.grid_by_class or args.guidance != 1.0) and not num_classes:
+        raise ConfigError("--label/--grid-by-class/--guidance need a class-conditional model")
+    for lab in labels or []:
+        if not 0 <= lab < num_classes:
+            raise ConfigError(f"--label: {lab} is not a class of this model (0..{num_classes - 1})")
+    y = None
+    nrow = max(1, int(round(args.num**0.5)))
+    if num_classes:
+        classes = labels or list(range(num_classes))
+        if args.grid_by_class:
+            y = torch.tensor(classes).repeat_interleave(args.num)
+            nrow = args.num
+        else:
+            y = torch.tensor([classes[i % len(classes)] for i in range(args.num)])
+    n = int(y.shape[0]) if y is not None else args.num
+    out = Path(args.out)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    bf16 = meta.get("precision") == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    sampler = SAMPLERS[args.sampler]
+    extra: dict[str, Any] = {}
+    if args.sampler == "ddim":
+        extra["eta"] = args.eta
+    if args.sampler in ("ddpm", "ddim") and len(shape) == 3:
+        extra["clip_x0"] = 1.0
+    chunks = []
+    for lo in range(0, n, args.batch_size):
+        hi = min(n, lo + args.batch_size)
+        seeds = [args.seed + i for i in range(lo, hi)]  # sample i is the same whatever the batch
+        x_T = initial_noise((hi - lo, *shape), seeds=seeds).to(device)
+        with autocast:
+            x = sampler(
+                model,
+                sched.to(device),
+                x_T,
+                num_steps=steps,
+                y=None if y is None else y[lo:hi].to(device),
+                guidance_scale=args.guidance,
+                seeds=seeds if args.sampler != "dpmpp" else None,
+                prediction=cfg.diffusion.prediction,
+                spacing=spacing,
+                **extra,
+            )
+        chunks.append(x.float().cpu())
+        log(f"sampled {hi}/{n}")
+    x = torch.cat(chunks)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    label_arr = y.numpy() if y is not None else np.full(n, -1, dtype=np.int64)
+    if len(shape) == 3:
+        from ddpmkit.viz.grid import grid_with_row_labels, save_grid, save_images, to_uint8
+
+        u8 = to_uint8(x)
+        grid = out / "grid.png"
+        upscale = max(1, 64 // shape[1])
+        if args.grid_by_class and y is not None:
+            row_names = [
+                names[c] if c < len(names) else str(c) for c in (labels or range(num_classes))
+            ]
+            grid_with_row_labels(u8, nrow, row_names, grid, upscale=upscale)
+        else:
+            save_grid(u8, grid, nrow, upscale=upscale)
+        written.append(grid)
+        save_images(u8, out / "images", prefix="sample_")
+        written.append(out / "images")
+        _save_npz(out / "samples.npz", images=u8.numpy(), labels=label_arr)
+    else:
+        from ddpmkit.viz.scatter import plot_scatter
+
+        plot_scatter(x, out / "samples.png", title=f"{n} samples ({args.sampler}, {steps} steps)")
+        written.append(out / "samples.png")
+        _save_npz(out / "samples.npz", points=x.numpy(), labels=label_arr)
+    written.append(out / "samples.npz")
+    return written
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
