@@ -1,4 +1,4 @@
-"""User mistakes on the command line: one clear line on stderr, exit 2, no traceback, nothing written."""
+"""User mistakes on the CLI: one clear line on stderr, exit 2, no traceback, nothing written."""
 
 from __future__ import annotations
 

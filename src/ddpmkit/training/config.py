@@ -278,7 +278,8 @@ def validate_config(cfg: RunConfig) -> RunConfig:
             raise ConfigError("diffusion.betas: required when diffusion.schedule = 'custom'")
         if len(d.betas) != d.num_steps:
             raise ConfigError(
-                f"diffusion.betas: has {len(d.betas)} values but diffusion.num_steps = {d.num_steps}"
+                f"diffusion.betas: has {len(d.betas)} values but "
+                f"diffusion.num_steps = {d.num_steps}"
             )
     elif d.betas:
         raise ConfigError("diffusion.betas: only allowed with diffusion.schedule = 'custom'")

@@ -300,7 +300,8 @@ def train(
                 if bad_steps >= cfg.train.max_bad_steps:
                     save(step)
                     raise TrainingError(
-                        f"the loss was non-finite for {bad_steps} consecutive steps at step {step}; "
+                        f"the loss was non-finite for {bad_steps} consecutive steps "
+                        f"at step {step}; "
                         f"stopped with a checkpoint of the last good weights in {run_dir}; "
                         "lower train.lr or check the data"
                     )

@@ -132,9 +132,9 @@ def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> 
         written.append(out / "images")
         _save_npz(out / "samples.npz", images=u8.numpy(), labels=label_arr)
     else:
-        from ddpmkit.viz.scatter import plot_scatter
+        from ddpmkit.viz.scatter import plot_points
 
-        plot_scatter(x, out / "samples.png", title=f"{n} samples ({args.sampler}, {steps} steps)")
+        plot_points(x, out / "samples.png", title=f"{n} samples ({args.sampler}, {steps} steps)")
         written.append(out / "samples.png")
         _save_npz(out / "samples.npz", points=x.numpy(), labels=label_arr)
     written.append(out / "samples.npz")

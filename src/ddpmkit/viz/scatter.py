@@ -10,7 +10,7 @@ import numpy as np
 
 from ddpmkit.viz._figure import as_points, marker_size, new_figure, save_figure, square_limits
 
-__all__ = ["plot_data_vs_samples"]
+__all__ = ["plot_data_vs_samples", "plot_points"]
 
 PathLike = str | os.PathLike[str]
 
@@ -45,4 +45,21 @@ def plot_data_vs_samples(
     axes[0].set_ylabel("$x_2$")
     if title:
         fig.suptitle(title, fontsize=13)
+    return save_figure(fig, path, dpi)
+
+
+def plot_points(points: Any, path: PathLike, title: str = "", dpi: float = 100) -> Path:
+    """One scatter plot of ``points`` (N, 2), equal aspect, robust limits. Returns ``path``."""
+    p = as_points(points, "points")
+    lims = square_limits(p, pad=0.08, q=0.5)
+    fig = new_figure(5.5, 5.5)
+    ax = fig.subplots(1, 1)
+    ax.scatter(p[:, 0], p[:, 1], s=marker_size(len(p)) * 2, color="tab:red", lw=0, alpha=0.6)
+    ax.set_xlim(*lims[0])
+    ax.set_ylim(*lims[1])
+    ax.set_aspect("equal")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title or f"{len(p)} samples", fontsize=12)
     return save_figure(fig, path, dpi)
