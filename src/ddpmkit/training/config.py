@@ -88,6 +88,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    lr_decay: str = "none"  # none | cosine (to 0 at train.steps)
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     grad_accum: int = 1  # micro-batches per optimizer step
     ema_decay: float = 0.999
@@ -211,6 +212,7 @@ def validate_config(cfg: RunConfig) -> RunConfig:
     _check_choice("diffusion.prediction", d.prediction, ("eps", "x0", "v"))
     _check_choice("diffusion.loss", d.loss, ("mse", "l1"))
     _check_choice("train.precision", tr.precision, ("auto", "fp32", "bf16"))
+    _check_choice("train.lr_decay", tr.lr_decay, ("none", "cosine"))
     _check_choice("train.channels_last", tr.channels_last, ("auto", "on", "off"))
     _check_choice("sample.sampler", s.sampler, ("ddpm", "ddim", "dpmpp"))
     from ddpmkit.sampling import SPACINGS
@@ -333,7 +335,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         data: dict[str, Any] = {}
     else:
         p = Path(path)
-        if not p.exists() and p.suffix == "":
+        if not p.is_file() and p.suffix == "":  # a bare name is a built-in preset
             from ddpmkit.training.presets import preset_path
 
             p = preset_path(str(path))

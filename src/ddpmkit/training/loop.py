@@ -77,9 +77,13 @@ def _use_channels_last(cfg: RunConfig, data: TrainData) -> bool:
 
 
 def _lr_at(cfg: RunConfig, step: int) -> float:
-    """Linear warm-up to train.lr over warmup_steps, then constant."""
-    w = cfg.train.warmup_steps
-    return cfg.train.lr * min(1.0, (step + 1) / w) if w > 0 else cfg.train.lr
+    """Linear warm-up to train.lr over warmup_steps, then constant or cosine decay to 0."""
+    tr = cfg.train
+    lr = tr.lr * min(1.0, (step + 1) / tr.warmup_steps) if tr.warmup_steps > 0 else tr.lr
+    if tr.lr_decay == "cosine" and step >= tr.warmup_steps:
+        span = max(1, tr.steps - tr.warmup_steps)
+        lr *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - tr.warmup_steps) / span)))
+    return lr
 
 
 def _rng_state(gen: torch.Generator, dist: DistInfo) -> dict[str, Tensor]:
