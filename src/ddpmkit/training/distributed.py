@@ -30,6 +30,13 @@ class DistInfo:
     def device_ids(self) -> list[int] | None:
         return [self.device.index] if self.device.type == "cuda" else None
 
+    def all_reduce_sum(self, x: torch.Tensor) -> None:
+        torch_dist.all_reduce(x, op=torch_dist.ReduceOp.SUM)
+
+    def all_reduce_mean(self, x: torch.Tensor) -> None:
+        torch_dist.all_reduce(x, op=torch_dist.ReduceOp.SUM)
+        x.div_(self.world_size)
+
     def barrier(self) -> None:
         if self.world_size > 1 and torch_dist.is_initialized():
             torch_dist.barrier()

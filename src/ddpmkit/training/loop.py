@@ -87,7 +87,17 @@ def _lr_at(cfg: RunConfig, step: int) -> float:
 
 
 def _rng_state(gen: torch.Generator, dist: DistInfo) -> dict[str, Tensor]:
-    return {"data": gen.get_state(), f"torch_rank{dist.rank}": torch.get_rng_state()}
+    """The shared data generator and every rank's global torch RNG (collective under DDP)."""
+    states = [torch.get_rng_state()]
+    if dist.world_size > 1:
+        import torch.distributed as torch_dist
+
+        gathered: list[Tensor | None] = [None] * dist.world_size
+        torch_dist.all_gather_object(gathered, states[0])
+        states = [s for s in gathered if s is not None]
+    out = {"data": gen.get_state()}
+    out.update({f"torch_rank{r}": st for r, st in enumerate(states)})
+    return out
 
 
 def _restore_rng(gen: torch.Generator, rng: dict[str, Tensor], dist: DistInfo) -> None:
@@ -228,16 +238,17 @@ def train(
         )
 
     def save(at_step: int) -> None:
+        rng = _rng_state(gen, dist)  # collective: every rank takes part
         if not dist.is_main:
             return
-        meta = {**meta_base, "ema_updates": ema.num_updates}
+        meta = {**meta_base, "ema_updates": ema.num_updates, "world_size": dist.world_size}
         ckpt.save_checkpoint(
             run_dir,
             at_step,
             model=model.state_dict(),
             ema=ema.state_dict(),
             optimizer=opt.state_dict(),
-            rng=_rng_state(gen, dist),
+            rng=rng,
             meta=meta,
             keep=cfg.train.keep_checkpoints,
         )
@@ -274,6 +285,7 @@ def train(
             y_chunks = y.chunk(micro) if y is not None else [None] * len(chunks)
             opt.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), device=device)
+            per_t: list[tuple[Tensor, Tensor]] = []
             for i, ((xc, tc, nc), yc) in enumerate(zip(chunks, y_chunks)):
                 sync = nullcontext()
                 if dist.world_size > 1 and i < len(chunks) - 1:
@@ -293,11 +305,12 @@ def train(
                     loss = per.mean() * (xc.shape[0] / x.shape[0])
                 loss.backward()
                 step_loss += loss.detach()
-                with torch.no_grad():
-                    q = (tc * 4 // sched.num_steps).clamp(max=3)
-                    q_sum.index_add_(0, q, per.detach().float())
-                    q_cnt.index_add_(0, q, torch.ones_like(per.detach().float()))
-            if not torch.isfinite(step_loss):
+                per_t.append((per.detach().float(), tc))
+            # Gradients are identical on every rank after DDP's all-reduce, so this decision is
+            # too: a non-finite loss on any rank makes the global gradient norm non-finite.
+            max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+            gnorm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            if not (torch.isfinite(gnorm) and torch.isfinite(step_loss)):
                 bad_steps += 1
                 opt.zero_grad(set_to_none=True)
                 log(f"step {step}: non-finite loss, step skipped ({bad_steps} in a row)")
@@ -311,8 +324,11 @@ def train(
                     )
                 continue
             bad_steps = 0
-            if cfg.train.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            with torch.no_grad():
+                for per_c, t_c in per_t:
+                    q = (t_c * 4 // sched.num_steps).clamp(max=3)
+                    q_sum.index_add_(0, q, per_c)
+                    q_cnt.index_add_(0, q, torch.ones_like(per_c))
             opt.step()
             ema.update(model)
             step += 1
@@ -322,6 +338,10 @@ def train(
                 bar.update(1)
             if step % cfg.train.log_every == 0 or step == total:
                 now = time.perf_counter()
+                if dist.world_size > 1:  # report the global batch's numbers, not rank 0's
+                    dist.all_reduce_mean(acc_loss)
+                    dist.all_reduce_sum(q_sum)
+                    dist.all_reduce_sum(q_cnt)
                 last_loss = float(acc_loss) / max(n_acc, 1)
                 ips = n_acc * batcher.g / max(now - t_log, 1e-9)
                 rec: dict[str, float] = {
