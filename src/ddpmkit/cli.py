@@ -78,6 +78,15 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="samples", help="output folder")
 
 
+def _add_fetch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch", help="download MNIST/Fashion-MNIST into the cache (checksummed)")
+    p.add_argument("dataset", choices=["fashion_mnist", "mnist"])
+    p.add_argument(
+        "--mirror", default=None, help="base URL to fetch from instead of the canonical one"
+    )
+    p.add_argument("--dest", default=None, help="folder (default: ~/.cache/ddpmkit/<dataset>)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm", description="Denoising diffusion models: train, sample, evaluate, plot."
@@ -85,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
+    _add_fetch(sub)
     for register in _extra_commands():
         register(sub)
     return parser
@@ -144,6 +154,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from ddpmkit.data.download import fetch_dataset
+
+    dest = fetch_dataset(
+        args.dataset, base_url=args.mirror, dest=Path(args.dest) if args.dest else None, log=_info
+    )
+    _info(f"{args.dataset} is in {dest}")
+    return 0
+
+
 def _info(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -160,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ddpmkit.training.config import ConfigError
     from ddpmkit.training.loop import TrainingError
 
-    handlers = {"train": _cmd_train, "sample": _cmd_sample}
+    handlers = {"train": _cmd_train, "sample": _cmd_sample, "fetch": _cmd_fetch}
     handler = handlers.get(args.command) or args.handler
     if args.command == "train" and threading_main():
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
