@@ -36,7 +36,7 @@ def write_mnist_like(folder: Path, n: int, gz: bool) -> tuple[np.ndarray, np.nda
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, n, dtype=np.uint8)
     folder.mkdir(parents=True, exist_ok=True)
-    for split, pre in (("train", "train"), ("test", "t10k")):
+    for pre in ("train", "t10k"):
         for stem, arr in (
             (f"{pre}-images-idx3-ubyte", images),
             (f"{pre}-labels-idx1-ubyte", labels),

@@ -83,7 +83,7 @@ class UNetConfig:
                 )
             if c % self.num_heads:
                 raise ValueError(
-                    f"num_heads={self.num_heads} must divide every channel count; {c} is not divisible"
+                    f"num_heads={self.num_heads} must divide every channel count; {c} is not"
                 )
         sizes = self.level_sizes()
         for r in self.attention_resolutions:
