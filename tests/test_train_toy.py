@@ -30,8 +30,13 @@ def s_curve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("s_curve")
     cfg = load_config(
         "s_curve",
-        [f'out_dir="{out.as_posix()}"', "train.steps=5000", "train.log_every=100",
-         "train.sample_every=0", "train.checkpoint_every=5000"],
+        [
+            f'out_dir="{out.as_posix()}"',
+            "train.steps=5000",
+            "train.log_every=100",
+            "train.sample_every=0",
+            "train.checkpoint_every=5000",
+        ],
     )
     train(cfg, progress=False, log=lambda s: None)
     return out

@@ -1,0 +1,1 @@
+"""Evaluation: sample-quality metrics, exact predictors (oracles), likelihood bounds."""
