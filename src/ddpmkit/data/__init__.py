@@ -1,5 +1,7 @@
-"""Datasets: 2-D toys, MNIST/Fashion-MNIST (IDX), scikit-learn digits, folders of images."""
+"""Datasets: MNIST/Fashion-MNIST (IDX), scikit-learn digits, folders of images; 2-D toys."""
 
+from ddpmkit.data.folder import load_image_folder
+from ddpmkit.data.idx import load_mnist_like
 from ddpmkit.data.images import (
     DatasetError,
     ImageData,
@@ -17,6 +19,8 @@ __all__ = [
     "dataset_fingerprint",
     "from_model_range",
     "load_dataset",
+    "load_image_folder",
+    "load_mnist_like",
     "random_hflip",
     "to_model_range",
 ]

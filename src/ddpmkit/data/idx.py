@@ -1,24 +1,50 @@
 """MNIST and Fashion-MNIST from their IDX files (gzipped or not).
 
-Default locations: Debian's ``dataset-fashion-mnist`` package installs the four files in
-``/usr/share/datasets/fashion-mnist``; otherwise ``$DDPMKIT_CACHE`` (default
-``~/.cache/ddpmkit``)``/<name>``, where ``ddpm fetch <name>`` downloads them.
+IDX format (LeCun): two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
+0x0D float32, 0x0E float64), the number of dimensions, one big-endian uint32 per dimension, then
+the data, big-endian, row-major. Gzip is detected by its magic bytes (1f 8b), not the file name.
+
+Where the files are looked for (first folder holding both files of the split wins), each folder
+also searched in its ``raw/`` and torchvision-style ``FashionMNIST/raw`` / ``MNIST/raw``
+subfolders, under the names ``train-images-idx3-ubyte[.gz]`` and the Kaggle-style
+``train-images.idx3-ubyte[.gz]``:
+
+* ``root`` if given; otherwise
+* Fashion-MNIST: ``/usr/share/datasets/fashion-mnist`` (Debian/Ubuntu package
+  ``dataset-fashion-mnist``), then the cache ``$DDPMKIT_CACHE/fashion_mnist`` (default
+  ``~/.cache/ddpmkit/fashion_mnist``);
+* MNIST: the cache ``$DDPMKIT_CACHE/mnist`` (Debian/Ubuntu have no MNIST data package).
+
+With ``download=True`` missing files are fetched (checksummed, see :mod:`ddpmkit.data.download`)
+into ``root`` if given, else into the cache folder.
 """
 
 from __future__ import annotations
 
 import gzip
-import os
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ddpmkit.data.download import cache_dir, fetch_dataset
 from ddpmkit.data.images import DatasetError, ImageData
 
-__all__ = ["CLASS_NAMES", "default_roots", "load_mnist_like", "read_idx"]
+__all__ = [
+    "CLASS_NAMES",
+    "DEBIAN_FASHION_MNIST",
+    "FILES",
+    "default_roots",
+    "find_split_files",
+    "load_mnist_like",
+    "read_idx",
+]
 
-CLASS_NAMES = {
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+CLASS_NAMES: dict[str, list[str]] = {
     "fashion_mnist": [
         "T-shirt/top",
         "Trouser",
@@ -37,81 +63,139 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DDPMKIT_CACHE", Path.home() / ".cache" / "ddpmkit"))
+_TORCHVISION_DIR = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
+_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def default_roots(name: str) -> list[Path]:
-    debian = {
-        "fashion_mnist": "/usr/share/datasets/fashion-mnist",
-        "mnist": "/usr/share/datasets/mnist",
-    }
-    return [Path(debian[name]), cache_dir() / name]
+    """The folders searched for ``name`` when no root is given, in order."""
+    roots = [DEBIAN_FASHION_MNIST] if name == "fashion_mnist" else []
+    return [*roots, cache_dir() / name]
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (gzip detected by its magic bytes, not the extension)."""
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse an IDX file (gzip detected by its magic bytes) into a native-endian array.
+
+    Raises :class:`DatasetError` for unreadable files, corrupt gzip data, a bad magic number or
+    a size that does not match the header.
+    """
+    path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror}") from None
+        raise DatasetError(f"cannot read IDX file {path}: {e.strerror or e}") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DatasetError(f"{path}: corrupt gzip data ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise DatasetError(f"{path}: not an IDX file (bad magic number)")
+        except (OSError, EOFError, zlib.error) as e:
+            raise DatasetError(
+                f"{path}: corrupt gzip data ({e}); delete the file and get it again"
+            ) from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES or raw[3] == 0:
+        raise DatasetError(
+            f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'}); "
+            "point data.root at the original MNIST-style files"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetError(f"{path}: truncated IDX header; delete the file and get it again")
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise DatasetError(f"{path}: truncated IDX file ({len(raw) - header} of {expected} bytes)")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+        what = "truncated" if len(raw) - header < expected else "oversized"
+        raise DatasetError(
+            f"{path}: {what} IDX file ({len(raw) - header} data bytes, header says {expected}); "
+            "delete the file and get it again"
+        )
+    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _find(root: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem):
-        if (root / name).is_file():
-            return root / name
+def _candidates(stem: str) -> list[str]:
+    kaggle = stem.replace("-idx", ".idx")
+    return [stem + ".gz", stem, kaggle + ".gz", kaggle]
+
+
+def find_split_files(name: str, folder: Path, split: str) -> tuple[Path, Path] | None:
+    """(images, labels) files of ``split`` in ``folder`` or its raw/ subfolders, else None."""
+    img_stem, lab_stem = FILES[split]
+    for d in (folder, folder / "raw", folder / _TORCHVISION_DIR[name] / "raw"):
+        img = next((d / n for n in _candidates(img_stem) if (d / n).is_file()), None)
+        lab = next((d / n for n in _candidates(lab_stem) if (d / n).is_file()), None)
+        if img is not None and lab is not None:
+            return img, lab
     return None
 
 
-def load_mnist_like(name: str, root: str | Path | None = None, split: str = "train") -> ImageData:
-    """(N, 1, 28, 28) uint8 images with labels 0..9 from the first root holding the files."""
-    if name not in CLASS_NAMES:
-        raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(CLASS_NAMES)}")
-    if split not in FILES:
-        raise DatasetError(f"unknown split {split!r}; expected 'train' or 'test'")
-    roots = [Path(root)] if root else default_roots(name)
+def _missing_message(name: str, split: str, roots: list[Path]) -> str:
     img_stem, lab_stem = FILES[split]
-    for r in roots:
-        img, lab = _find(r, img_stem), _find(r, lab_stem)
-        if img is not None and lab is not None:
-            images = read_idx(img)
-            labels = read_idx(lab)
-            if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-                raise DatasetError(
-                    f"{r}: image and label files do not match ({images.shape}, {labels.shape})"
-                )
-            return ImageData(
-                torch.from_numpy(images.copy()).unsqueeze(1),
-                torch.from_numpy(labels.astype(np.int64)),
-                list(CLASS_NAMES[name]),
-                f"{name} {split} ({images.shape[0]} images, {r})",
-            )
     where = ", ".join(str(r) for r in roots)
-    hint = (
-        "apt-get install dataset-fashion-mnist (Debian/Ubuntu), or "
+    apt = (
+        "install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or "
         if name == "fashion_mnist"
         else ""
     )
-    raise DatasetError(
-        f"{name} files ({img_stem}[.gz]) not found in {where}; get them with: {hint}"
-        f"`ddpm fetch {name}`, or set data.root to a folder holding the four IDX files"
+    return (
+        f"{name} {split} files ({img_stem}[.gz], {lab_stem}[.gz]) not found in {where}; "
+        f"{apt}rerun with download enabled (data.download = true, or `ddpm fetch {name}`), or "
+        "point data.root at a folder containing the four IDX files"
     )
+
+
+def _load(name: str, split: str, img_path: Path, lab_path: Path) -> ImageData:
+    images = read_idx(img_path)
+    labels = read_idx(lab_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DatasetError(
+            f"{img_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DatasetError(
+            f"{img_path} and {lab_path} do not match ({images.shape[0]} images, labels of shape "
+            f"{labels.shape}); use the image and label files of the same split"
+        )
+    n_cls = len(CLASS_NAMES[name])
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= n_cls):
+        raise DatasetError(
+            f"{lab_path}: labels outside 0..{n_cls - 1} ({int(labels.min())}..{int(labels.max())})"
+        )
+    n, h, w = images.shape
+    return ImageData(
+        torch.from_numpy(images).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+        list(CLASS_NAMES[name]),
+        f"{name} {split} ({n} images, {h}x{w}, from {img_path.parent})",
+    )
+
+
+def load_mnist_like(
+    name: str,
+    root: str | Path | None = None,
+    split: str = "train",
+    download: bool = False,
+    log: Callable[[str], None] = print,
+) -> ImageData:
+    """``name`` ('fashion_mnist' or 'mnist') ``split`` ('train' or 'test') as uint8 (N, 1, H, W).
+
+    Labels are int64 in 0..9. See the module docstring for where the files are looked for.
+    Missing files raise :class:`DatasetError` saying how to get them, unless ``download``.
+    """
+    if name not in CLASS_NAMES:
+        raise DatasetError(f"unknown IDX dataset {name!r}; expected one of {sorted(CLASS_NAMES)}")
+    if split not in FILES:
+        raise DatasetError(f"unknown split {split!r} for {name}; expected 'train' or 'test'")
+    roots = [Path(root).expanduser()] if root else default_roots(name)
+    for r in roots:
+        found = find_split_files(name, r, split)
+        if found is not None:
+            return _load(name, split, *found)
+    if not download:
+        raise DatasetError(_missing_message(name, split, roots))
+    target = roots[0] if root else cache_dir() / name
+    fetch_dataset(name, dest=target, log=log)
+    found = find_split_files(name, target, split)
+    if found is None:  # pragma: no cover - fetch_dataset raises or leaves all four files
+        raise DatasetError(_missing_message(name, split, [target]))
+    return _load(name, split, *found)
