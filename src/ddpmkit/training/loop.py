@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpmkit import __version__
+from ddpmkit.data.images import to_model_range
 from ddpmkit.diffusion import diffusion_loss_per_sample
 from ddpmkit.sampling import NULL_LABEL
 from ddpmkit.schedule import NoiseSchedule
@@ -132,7 +133,7 @@ class _Batcher:
         idx, t, noise, flip, drop = idx[lo:hi], t[lo:hi], noise[lo:hi], flip[lo:hi], drop[lo:hi]
         x = data.x[idx]
         if data.kind == "image":
-            x = x.float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1] (see data.to_model_range)
+            x = to_model_range(x)  # uint8 -> [-1, 1], the one place pixels are scaled
             if cfg.data.hflip:
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         y = None
