@@ -50,8 +50,8 @@ def sample_images(
     x_T = initial_noise((n, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
     sampler = SAMPLERS[cfg.sample.sampler]
     kwargs: dict[str, object] = {}
-    if cfg.sample.sampler in ("ddpm", "ddim"):
-        kwargs["clip_x0"] = 1.0 if len(shape) == 3 else None
+    if len(shape) == 3:  # images live in [-1, 1]: clip the x_0 estimate there
+        kwargs["clip_x0"] = 1.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     was_training = model.training
     model.eval()

@@ -88,7 +88,7 @@ def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> 
     extra: dict[str, Any] = {}
     if args.sampler == "ddim":
         extra["eta"] = args.eta
-    if args.sampler in ("ddpm", "ddim") and len(shape) == 3:
+    if len(shape) == 3:  # images live in [-1, 1]: clip every sampler's x_0 estimate there
         extra["clip_x0"] = 1.0
     chunks = []
     for lo in range(0, n, args.batch_size):
