@@ -244,16 +244,28 @@ def train(
         if not dist.is_main:
             return
         meta = {**meta_base, "ema_updates": ema.num_updates, "world_size": dist.world_size}
-        ckpt.save_checkpoint(
-            run_dir,
-            at_step,
-            model=model.state_dict(),
-            ema=ema.state_dict(),
-            optimizer=opt.state_dict(),
-            rng=rng,
-            meta=meta,
-            keep=cfg.train.keep_checkpoints,
-        )
+        try:
+            ckpt.save_checkpoint(
+                run_dir,
+                at_step,
+                model=model.state_dict(),
+                ema=ema.state_dict(),
+                optimizer=opt.state_dict(),
+                rng=rng,
+                meta=meta,
+                keep=cfg.train.keep_checkpoints,
+            )
+        except OSError as e:  # disk full, quota, permissions: stop, keeping the previous one
+            prev = ckpt.find_latest(run_dir)
+            kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint"
+            raise TrainingError(
+                f"could not write the checkpoint of step {at_step} in {run_dir / 'checkpoints'}: "
+                f"{e.strerror or e}; {kept}; free space and resume with --resume"
+            ) from None
+
+    def weights_finite() -> bool:
+        norms = torch._foreach_norm([p.detach() for p in model.parameters()])
+        return bool(torch.isfinite(torch.stack(norms)).all())
 
     total = cfg.train.steps
     start_step, t0 = step, time.perf_counter()
@@ -317,12 +329,15 @@ def train(
                 opt.zero_grad(set_to_none=True)
                 log(f"step {step}: non-finite loss, step skipped ({bad_steps} in a row)")
                 if bad_steps >= cfg.train.max_bad_steps:
-                    save(step)
+                    # Skipped steps never changed the weights; if they are still finite they
+                    # are the last good state, else the newest checkpoint on disk is.
+                    if weights_finite():
+                        save(step)
+                    last = ckpt.find_latest(run_dir)
+                    where = f"last good checkpoint: {last}" if last else "no good checkpoint"
                     raise TrainingError(
-                        f"the loss was non-finite for {bad_steps} consecutive steps "
-                        f"at step {step}; "
-                        f"stopped with a checkpoint of the last good weights in {run_dir}; "
-                        "lower train.lr or check the data"
+                        f"the loss was non-finite for {bad_steps} consecutive steps at step "
+                        f"{step}; stopped ({where}); lower train.lr or check the data"
                     )
                 continue
             bad_steps = 0
@@ -376,7 +391,10 @@ def train(
     save(step)
     files: list[Path] = []
     if dist.is_main:
-        files = write_preview(ema.model, sched, data, cfg, run_dir, step, logger, bf16, final=True)
+        if not interrupted:  # on Ctrl-C: checkpoint and export only, exit promptly
+            files = write_preview(
+                ema.model, sched, data, cfg, run_dir, step, logger, bf16, final=True
+            )
         ckpt.save_model_export(run_dir / "model", ema.state_dict(), {**meta_base, "step": step})
         files.append(run_dir / "model" / "model.safetensors")
         elapsed = time.perf_counter() - t0
