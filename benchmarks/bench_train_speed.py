@@ -163,8 +163,9 @@ def main() -> None:
     base = {k: statistics.median(times["fp32 NCHW"][k]) for k in ("train", "sample")}
     rows = []
     print(
-        f"preset {args.preset}: {variants['fp32 NCHW'][2] / 1e6:.2f}M parameters, batch {args.batch}, "
-        f"{args.threads} threads; matmul peak bf16 {peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f}"
+        f"preset {args.preset}: {variants['fp32 NCHW'][2] / 1e6:.2f}M parameters, "
+        f"batch {args.batch}, {args.threads} threads; matmul peak bf16 "
+        f"{peak_bf16 / 1e9:.0f} GFLOP/s, fp32 {peak_fp32 / 1e9:.0f}"
     )
     print(
         f"{'variant':30s} {'params':>7s} {'train img/s':>12s} {'ratio':>6s} {'GFLOP/s':>8s} "

@@ -1,4 +1,4 @@
-"""Each ``ddpm plot`` command on tiny models writes a valid PNG/GIF; wrong inputs are clear errors."""
+"""Each ``ddpm plot`` command on tiny models writes a valid PNG/GIF; bad inputs: clear errors."""
 
 from __future__ import annotations
 
@@ -72,8 +72,8 @@ def test_forward_image_file_dataset_and_toy(tmp_path: Path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(
         src
     )
-    assert main(["plot", "forward", "--image", str(src), "--schedule", "linear", "--schedule", "cosine",
-                 "--out", str(tmp_path / "f.png")]) == 0  # fmt: skip
+    args = ["--image", str(src), "--schedule", "linear", "--schedule", "cosine"]
+    assert main(["plot", "forward", *args, "--out", str(tmp_path / "f.png")]) == 0
     w2, h2 = png(tmp_path / "f.png", 800, 150)
     assert main(["plot", "forward", "--dataset", "digits", "--out", str(tmp_path / "d.png")]) == 0
     w1, h1 = png(tmp_path / "d.png", 800, 80)

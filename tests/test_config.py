@@ -67,10 +67,11 @@ def test_unknown_keys_are_rejected(sec: str, name: str) -> None:
 
 
 NUMERIC_LIMITS = [
-    ("train", "steps", 0), ("train", "batch_size", -3), ("train", "lr", 0.0), ("train", "lr", float("nan")),
-    ("train", "ema_decay", 1.0), ("train", "cfg_dropout", -0.1), ("train", "grad_accum", 0),
-    ("diffusion", "num_steps", 0), ("diffusion", "min_snr_gamma", -1.0), ("model", "dropout", 1.0),
-    ("model", "base_channels", 0), ("data", "channels", 2), ("sample", "steps", 0), ("sample", "num", 0),
+    ("train", "steps", 0), ("train", "batch_size", -3), ("train", "lr", 0.0),
+    ("train", "lr", float("nan")), ("train", "ema_decay", 1.0), ("train", "cfg_dropout", -0.1),
+    ("train", "grad_accum", 0), ("diffusion", "num_steps", 0), ("diffusion", "min_snr_gamma", -1.0),
+    ("model", "dropout", 1.0), ("model", "base_channels", 0), ("data", "channels", 2),
+    ("sample", "steps", 0), ("sample", "num", 0),
 ]  # fmt: skip
 
 

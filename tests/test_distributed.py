@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -66,6 +67,19 @@ def _torchrun(n: int, args: list[str], port: int) -> list[str]:
         "ddpmkit.cli",
         *args,
     ]
+
+
+def _kill_matching(needle: str) -> None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -164,7 +178,9 @@ def test_two_process_run_killed_and_resumed(tmp_path: Path) -> None:
         if found is not None and int(found.name[5:]) >= 20:
             break
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    # SIGKILL the launcher and both workers (torchrun starts workers in their own process
+    # groups, so kill every process whose command line names this run folder).
+    _kill_matching(str(run))
     proc.wait(timeout=30)
     found = ckpt.find_latest(run)
     assert found is not None

@@ -21,7 +21,7 @@ from ddpmkit.evaluation.metrics import (
 def test_sliced_w2_in_1d_is_the_gaussian_w2() -> None:
     # W2(N(m1, s1^2), N(m2, s2^2)) = sqrt((m1 - m2)^2 + (s1 - s2)^2); in 1-D slicing is exact.
     g = torch.Generator().manual_seed(0)
-    n = 200_000
+    n = 50_000
     x = 1.0 + 2.0 * torch.randn(n, 1, generator=g)
     y = -0.5 + 0.5 * torch.randn(n, 1, generator=g)
     expected = math.sqrt(1.5**2 + 1.5**2)
@@ -29,17 +29,19 @@ def test_sliced_w2_in_1d_is_the_gaussian_w2() -> None:
     assert sliced_wasserstein(x, y, num_projections=4, generator=g) == pytest.approx(
         expected, rel=0.01
     )
-    assert sliced_wasserstein(x, x, generator=g) == 0.0
+    assert sliced_wasserstein(x, x, num_projections=8, generator=g) == 0.0
     # Unequal sizes work (quantile interpolation).
-    assert sliced_wasserstein(x[:1000], y, generator=g) == pytest.approx(expected, rel=0.05)
+    assert sliced_wasserstein(x[:1000], y, num_projections=4, generator=g) == pytest.approx(
+        expected, rel=0.05
+    )
 
 
 def test_sliced_w2_isotropic_shift() -> None:
     # For a shift d of an isotropic cloud in D dims, E_theta <theta, d>^2 = |d|^2 / D.
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(20_000, 2, generator=g)
+    x = torch.randn(5_000, 2, generator=g)
     d = torch.tensor([3.0, 4.0])
-    got = sliced_wasserstein(x, x + d, num_projections=4000, generator=g)
+    got = sliced_wasserstein(x, x + d, num_projections=2000, generator=g)
     assert got == pytest.approx(5.0 / math.sqrt(2), rel=0.03)
 
 

@@ -58,14 +58,17 @@ def test_write_error_during_checkpoint_keeps_the_previous_one(tmp_path: Path) ->
 
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
+    base = ["train", "moons", "--out", str(run), *SMALL, "--set", "train.checkpoint_every=4"]
+    assert _cli([*base, "--set", "train.steps=4"]).returncode == 0  # a good checkpoint at step 4
+    # Then the learning rate explodes: the first update makes the weights infinite.
     r = _cli([
-        "train", "moons", "--out", str(run), *SMALL, "--set", "train.steps=200",
-        "--set", "train.checkpoint_every=2", "--set", "train.max_bad_steps=3",
+        *base, "--resume", "--set", "train.steps=200", "--set", "train.max_bad_steps=3",
         "--set", "train.lr=1e30", "--set", "train.warmup_steps=0", "--set", "train.grad_clip=0",
     ])  # fmt: skip
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert "non-finite for 3 consecutive steps" in last and "lower train.lr" in last
+    assert "last good checkpoint" in last and "Traceback" not in r.stderr
     assert r.stderr.count("step skipped") == 3
     found = ckpt.load_checkpoint(run)
     weights = list(found.model.values()) + list(found.ema.values())
@@ -103,6 +106,7 @@ class _Payload:
 def test_pickle_payloads_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     assert main(["train", "moons", "--out", str(run), "--steps", "4", *SMALL]) == 0
+    capsys.readouterr()
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Payload(marker))
     # 1. A planted pickle in place of the weights (what torch.load would execute).
@@ -130,6 +134,7 @@ def test_wrong_architecture_and_garbage_checkpoints(
 ) -> None:
     run = tmp_path / "run"
     assert main(["train", "moons", "--out", str(run), "--steps", "4", *SMALL]) == 0
+    capsys.readouterr()
     cfg_path = run / "model" / "config.json"
     meta = json.loads(cfg_path.read_text())
     meta["config"]["model"]["hidden"] = 64  # weights are for hidden = 128

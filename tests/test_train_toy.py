@@ -76,4 +76,4 @@ def test_run_folder_has_model_and_figures(s_curve_run: Path) -> None:
     with Image.open(s_curve_run / "reverse_process.gif") as im:
         assert im.n_frames == 10
     lines = (s_curve_run / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 25
+    assert len(lines) == 50  # 5000 steps, one line per 100

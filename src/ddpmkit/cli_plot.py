@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 
 from ddpmkit.training.config import ConfigError
@@ -90,10 +92,12 @@ def _read_image(path: str, size: int) -> torch.Tensor:
     if not p.is_file():
         raise DatasetError(f"--image: {path!r} does not exist")
     try:
-        u8 = load_image_file(p, (size, size), channels=3)
-    except (OSError, ValueError, SyntaxError) as e:
+        hwc = load_image_file(p, (size, size), channels=None)  # (H, W) or (H, W, 3)
+    except Exception as e:  # Pillow raises many kinds for a file that is not an image
         raise DatasetError(f"--image: {path!r} cannot be read as an image ({e})") from None
-    return to_model_range(torch.from_numpy(u8))
+    u8 = torch.from_numpy(np.array(hwc, dtype=np.uint8))
+    chw = u8[None] if u8.ndim == 2 else u8.permute(2, 0, 1)
+    return to_model_range(chw.contiguous())
 
 
 def _forward(args: argparse.Namespace) -> Path:
@@ -161,7 +165,7 @@ def _reverse(args: argparse.Namespace) -> Path:
             generator=torch.Generator().manual_seed(args.seed), prediction=cfg.diffusion.prediction,
             callback=rec, **extra,
         )  # fmt: skip
-    kind = "scatter" if is_toy else "image"
+    kind: Literal["image", "scatter"] = "scatter" if is_toy else "image"
     out = plot_reverse_process(rec, args.out, kind=kind)
     if args.gif:
         save_reverse_gif(rec, args.gif, kind=kind)

@@ -218,7 +218,7 @@ def validate_config(cfg: RunConfig) -> RunConfig:
     from ddpmkit.sampling import SPACINGS
 
     _check_choice("sample.spacing", s.spacing, SPACINGS)
-    positive = {
+    positive: dict[str, float] = {
         "diffusion.num_steps": d.num_steps,
         "train.steps": tr.steps,
         "train.batch_size": tr.batch_size,
@@ -241,7 +241,7 @@ def validate_config(cfg: RunConfig) -> RunConfig:
     for key, v in positive.items():
         if v < 1:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
-    nonneg = {
+    nonneg: dict[str, float] = {
         "train.lr": tr.lr,
         "train.weight_decay": tr.weight_decay,
         "train.warmup_steps": tr.warmup_steps,

@@ -42,8 +42,8 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Move the average one step towards ``model``'s current weights."""
         d = self.current_decay()
-        ema_params = [p for p in self.model.parameters()]
-        params = [p.detach() for p in model.parameters()]
+        ema_params: list[Tensor] = list(self.model.parameters())
+        params: list[Tensor] = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - d)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from ddpmkit import __version__
@@ -196,7 +197,7 @@ def train(
     model = build_model(cfg.model, data.sample_shape, data.num_classes, sched.num_steps).to(device)
     channels_last = _use_channels_last(cfg, data)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     _preflight(model, data, device)
     bf16 = _use_bf16(cfg, device, data)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
@@ -255,12 +256,13 @@ def train(
                 meta=meta,
                 keep=cfg.train.keep_checkpoints,
             )
-        except OSError as e:  # disk full, quota, permissions: stop, keeping the previous one
+        except (OSError, SafetensorError) as e:  # disk full, quota, permissions
+            # stop, keeping the previous checkpoint
             prev = ckpt.find_latest(run_dir)
             kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint"
             raise TrainingError(
                 f"could not write the checkpoint of step {at_step} in {run_dir / 'checkpoints'}: "
-                f"{e.strerror or e}; {kept}; free space and resume with --resume"
+                f"{getattr(e, 'strerror', None) or e}; {kept}; free space and resume with --resume"
             ) from None
 
     def weights_finite() -> bool:

@@ -8,6 +8,7 @@ snapshots (PNG + GIF) at the end.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from ddpmkit.sampling import SAMPLERS, ddpm_sample, initial_noise
+from ddpmkit.sampling import SAMPLERS, StepInfo, initial_noise
 from ddpmkit.schedule import NoiseSchedule
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def sample_images(
     y: Tensor | None,
     bf16: bool,
     seed: int = PREVIEW_SEED,
-    callback: object = None,
+    callback: Callable[[StepInfo], None] | None = None,
 ) -> Tensor:
     """Draw n samples with the run's preview sampler; returns float32 on the CPU."""
     device = next(model.parameters()).device
@@ -122,33 +123,26 @@ def _toy_preview(
     step: int,
     final: bool,
 ) -> list[Path]:
+    """Data beside samples; at the end also the reverse process (seed 002's 10 snapshots)."""
     from ddpmkit.viz.scatter import plot_data_vs_samples
 
-    n = min(2000, data.x.shape[0])
+    n = min(1000, data.x.shape[0])
     ref = data.x[:n]
-    samples = sample_images(model, sched, cfg, data.sample_shape, n, y=None, bf16=False)
+    rec = None
+    if final:
+        from ddpmkit.viz.trajectory import TrajectoryRecorder
+
+        rec = TrajectoryRecorder(num_snapshots=10, max_items=n)
+    # One sampling pass with the run's sampler gives both the samples and the trajectory.
+    samples = sample_images(
+        model, sched, cfg, data.sample_shape, n, y=None, bf16=False, callback=rec
+    )
     path = out_dir / f"step_{step:08d}.png"
     plot_data_vs_samples(ref, samples, path, title=f"{cfg.data.name}: step {step}")
     files = [path]
-    if final:
-        from ddpmkit.viz.trajectory import (
-            TrajectoryRecorder,
-            plot_reverse_process,
-            save_reverse_gif,
-        )
+    if rec is not None:
+        from ddpmkit.viz.trajectory import plot_reverse_process, save_reverse_gif
 
-        rec = TrajectoryRecorder(num_snapshots=10, max_items=n)
-        device = next(model.parameters()).device
-        x_T = initial_noise((n, 2), generator=torch.Generator().manual_seed(PREVIEW_SEED))
-        model.eval()
-        ddpm_sample(
-            model,
-            sched.to(device),
-            x_T.to(device),
-            generator=torch.Generator().manual_seed(PREVIEW_SEED + 1),
-            prediction=cfg.diffusion.prediction,
-            callback=rec,
-        )
         strip = out_dir.parent / "reverse_process.png"
         plot_reverse_process(rec, strip, kind="scatter")
         gif = out_dir.parent / "reverse_process.gif"

@@ -144,7 +144,7 @@ def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
     try:
-        np.savez_compressed(tmp, **arrays)
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     finally:
         if tmp.exists():
