@@ -54,9 +54,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained model")
     p.add_argument("checkpoint", help="run folder, checkpoint folder or exported model folder")
-    p.add_argument("--sampler", default="ddim", choices=["ddpm", "ddim", "dpmpp"])
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: 50; ddpm: T)")
-    p.add_argument("--spacing", default=None, help="timestep spacing (default per sampler)")
+    p.add_argument(
+        "--sampler",
+        default="dpmpp",
+        choices=["ddpm", "ddim", "dpmpp"],
+        help="dpmpp = DPM-Solver++(2M) (default; see docs/samplers.md)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps (default: dpmpp 20, ddim 50, ddpm all T)",
+    )
+    p.add_argument(
+        "--spacing",
+        default=None,
+        help="timestep spacing (default: logsnr for dpmpp, trailing otherwise)",
+    )
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale w")
     p.add_argument(

@@ -55,7 +55,8 @@ def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> 
         raise ConfigError(f"--num: must be >= 1, got {args.num}")
     steps = args.steps
     if steps is None:
-        steps = sched.num_steps if args.sampler == "ddpm" else min(50, sched.num_steps)
+        default = {"ddpm": sched.num_steps, "ddim": 50, "dpmpp": 20}[args.sampler]
+        steps = min(default, sched.num_steps)
     if not 1 <= steps <= sched.num_steps:
         raise ConfigError(f"--steps: must be in [1, {sched.num_steps}], got {steps}")
     spacing = args.spacing or ("logsnr" if args.sampler == "dpmpp" else "trailing")
