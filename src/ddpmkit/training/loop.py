@@ -376,6 +376,11 @@ def train(
                 logger.log(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{last_loss:.4f}", ips=f"{ips:.0f}")
+                    if math.isfinite(deadline):  # the time limit ends the run: show its ETA
+                        rate = n_acc / max(now - t_log, 1e-9)  # steps/s over this interval
+                        reach = step + int(rate * max(deadline - now, 0.0))
+                        bar.total = max(step, min(total, reach))
+                        bar.refresh()
                 acc_loss.zero_()
                 q_sum.zero_()
                 q_cnt.zero_()
