@@ -149,3 +149,17 @@ def test_wrong_architecture_and_garbage_checkpoints(
     cfg_path.write_text("{truncated")
     assert main(["sample", str(run / "model"), "--out", str(tmp_path / "o")]) == 2
     assert "config.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_resume_on_another_dataset_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "moons", "--out", str(run), "--steps", "4", *SMALL]) == 0
+    capsys.readouterr()
+    code = main(["train", "moons", "--out", str(run), "--steps", "8", "--resume", *SMALL,
+                 "--set", 'data.name="swiss_roll"'])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("ddpm: error: ")
+    assert "trained on other data (dataset 'moons' there, 'swiss_roll' here)" in err[-1]
+    assert ckpt.load_checkpoint(run).state["step"] == 4  # nothing was overwritten

@@ -144,6 +144,26 @@ class _Batcher:
         return x.to(device), (None if y is None else y.to(device)), t.to(device), noise.to(device)
 
 
+def _check_same_data(state: dict[str, object], cfg: RunConfig, data: TrainData, path: Path) -> None:
+    """A checkpoint trained on other data must not be resumed silently on this data."""
+    saved_cfg = state.get("config", {})
+    saved_data = saved_cfg.get("data", {}) if isinstance(saved_cfg, dict) else {}
+    saved_desc = state.get("data", {})
+    now = data.describe()
+    problems = []
+    if isinstance(saved_data, dict) and saved_data.get("name") != cfg.data.name:
+        problems.append(f"dataset {saved_data.get('name')!r} there, {cfg.data.name!r} here")
+    if isinstance(saved_desc, dict):
+        for key in ("sample_shape", "num_classes", "class_names"):
+            if key in saved_desc and saved_desc[key] != now[key]:
+                problems.append(f"{key} {saved_desc[key]} there, {now[key]} here")
+    if problems:
+        raise ckpt.CheckpointError(
+            f"{path}: trained on other data ({'; '.join(problems)}); resume with the run's own "
+            "config (ddpm train --resume --out RUN) or start a new run"
+        )
+
+
 def _preflight(model: nn.Module, data: TrainData, device: torch.device) -> None:
     """Call the network once on two items so a shape mismatch is a clear error up front."""
     from ddpmkit.training.config import ConfigError
@@ -207,6 +227,7 @@ def train(
     gen = torch.Generator().manual_seed(cfg.train.seed)
     step = 0
     if loaded is not None:
+        _check_same_data(loaded.state, cfg, data, loaded.path)
         load_weights(model, loaded.model, str(loaded.path / "model.safetensors"))
         load_weights(ema.model, loaded.ema, str(loaded.path / "ema.safetensors"))
         ema.num_updates = int(loaded.state["ema_updates"])
