@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from scipy.optimize import linprog
 
@@ -142,6 +144,28 @@ def test_frechet_distance_closed_forms() -> None:
     assert torch.allclose(c, torch.cov(f.double().T), atol=1e-10)
 
 
+def test_frechet_distance_full_covariances_against_scipy_sqrtm() -> None:
+    # Independent route: scipy's Schur-based sqrtm of the non-symmetric product C1 C2.
+    g = torch.Generator().manual_seed(3)
+    for d in (2, 5, 16):
+        a = torch.randn(d, d, generator=g, dtype=torch.float64)
+        b = torch.randn(d, d, generator=g, dtype=torch.float64)
+        c1, c2 = a @ a.T + 0.1 * torch.eye(d), b @ b.T / d
+        m1 = torch.randn(d, generator=g, dtype=torch.float64)
+        m2 = torch.randn(d, generator=g, dtype=torch.float64)
+        cross = scipy.linalg.sqrtm(c1.numpy() @ c2.numpy())
+        want = float(
+            ((m1 - m2) ** 2).sum() + c1.trace() + c2.trace() - 2 * float(np.trace(cross).real)
+        )
+        assert frechet_distance(m1, c1, m2, c2) == pytest.approx(want, rel=1e-10)
+        # Symmetric in its two Gaussians.
+        assert frechet_distance(m2, c2, m1, c1) == pytest.approx(want, rel=1e-10)
+    # Rank-deficient covariance (fewer samples than dimensions, as with small image sets).
+    f = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    m, c = feature_statistics(f)
+    assert frechet_distance(m, c, m, c) == pytest.approx(0.0, abs=1e-7)
+
+
 def test_precision_recall() -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(1000, 2, generator=g)
@@ -158,9 +182,40 @@ def test_precision_recall() -> None:
     assert p > 0.95 and 0.4 < r < 0.6
 
 
+def test_precision_recall_against_loops() -> None:
+    g = torch.Generator().manual_seed(5)
+    real = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    fake = 0.7 + 1.3 * torch.randn(30, 3, generator=g, dtype=torch.float64)
+
+    def radius(p: list[float], pts: list[list[float]], k: int) -> float:
+        return sorted(math.dist(p, q) for q in pts)[k]  # index 0 is p itself
+
+    def share(query: list[list[float]], ref: list[list[float]], k: int) -> float:
+        radii = [radius(p, ref, k) for p in ref]
+        inside = [any(math.dist(q, c) <= r for c, r in zip(ref, radii)) for q in query]
+        return sum(inside) / len(inside)
+
+    for k in (1, 3, 5):
+        want = (share(fake.tolist(), real.tolist(), k), share(real.tolist(), fake.tolist(), k))
+        assert precision_recall(real, fake, k=k) == pytest.approx(want)
+
+
 def test_inception_score_and_accuracy() -> None:
     confident = torch.eye(10).repeat(10, 1)  # balanced, certain
     assert inception_score(confident) == pytest.approx(10.0, rel=1e-6)
+    assert inception_score(confident, splits=5) == pytest.approx(10.0, rel=1e-6)
     assert inception_score(torch.full((50, 10), 0.1)) == pytest.approx(1.0)
+    # Confident but only 2 of 10 classes used: 2.
+    assert inception_score(torch.eye(10)[[0, 1] * 20]) == pytest.approx(2.0, rel=1e-6)
+    # A general case against the definition written out in numpy.
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(2 * torch.randn(64, 7, generator=g, dtype=torch.float64), dim=1)
+    pn = p.numpy()
+    want = float(np.exp(np.mean(np.sum(pn * np.log(pn / pn.mean(axis=0)), axis=1))))
+    assert inception_score(p) == pytest.approx(want, rel=1e-10)
+    halves = [
+        np.exp(np.mean(np.sum(q * np.log(q / q.mean(axis=0)), axis=1))) for q in (pn[:32], pn[32:])
+    ]
+    assert inception_score(p, splits=2) == pytest.approx(float(np.mean(halves)), rel=1e-10)
     assert class_accuracy(confident, torch.arange(10).repeat(10)) == 1.0
     assert class_accuracy(confident, torch.zeros(100, dtype=torch.long)) == pytest.approx(0.1)

@@ -127,58 +127,86 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] | None = None) -
 
 
 def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean (D,) and unbiased covariance (D, D) of features (N, D), float64."""
+    """Mean (D,) and unbiased covariance (D, D) of features (N, D), float64 (needs N >= 2)."""
     f = features.double().reshape(features.shape[0], -1)
+    if f.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {f.shape[0]}")
     mu = f.mean(dim=0)
     c = f - mu
     return mu, c.T @ c / (f.shape[0] - 1)
 
 
-def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> float:
-    """|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1^1/2 C2 C1^1/2)^1/2)  (Dowson & Landau 1982).
+def _psd_sqrt(a: Tensor) -> Tensor:
+    """Square root of a symmetric PSD matrix by eigendecomposition (negative rounding -> 0)."""
+    w, v = torch.linalg.eigh((a + a.T) / 2)
+    return (v * w.clamp_min(0).sqrt()) @ v.T
 
-    The matrix square root is taken of the symmetric PSD matrix C1^1/2 C2 C1^1/2 by
-    eigendecomposition (stable, no complex parts), in float64.
+
+def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> float:
+    """W2^2 between N(mu1, C1) and N(mu2, C2) (Dowson & Landau 1982; the "FID" formula):
+
+        |mu1 - mu2|^2 + tr(C1) + tr(C2) - 2 tr((C1^1/2 C2 C1^1/2)^1/2).
+
+    tr((C1 C2)^1/2) is computed as the trace of the square root of the symmetric PSD matrix
+    C1^1/2 C2 C1^1/2 (same eigenvalues as C1 C2) by eigendecomposition, in float64: no complex
+    parts or failed iterations as with ``scipy.linalg.sqrtm`` of the non-symmetric C1 C2, and
+    no epsilon added to the diagonal. Clamped at 0 against rounding.
     """
     mu1, mu2, cov1, cov2 = (t.double() for t in (mu1, mu2, cov1, cov2))
-
-    def psd_sqrt(a: Tensor) -> Tensor:
-        w, v = torch.linalg.eigh((a + a.T) / 2)
-        return (v * w.clamp_min(0).sqrt()) @ v.T
-
-    s1 = psd_sqrt(cov1)
-    cross = psd_sqrt(s1 @ cov2 @ s1)
-    value = float(
-        (mu1 - mu2).pow(2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * torch.trace(cross)
-    )
+    if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (mu1.numel(),) * 2:
+        raise ValueError(
+            f"inconsistent shapes: mu {tuple(mu1.shape)}, {tuple(mu2.shape)}; "
+            f"cov {tuple(cov1.shape)}, {tuple(cov2.shape)}"
+        )
+    s1 = _psd_sqrt(cov1)
+    w = torch.linalg.eigvalsh(_sym(s1 @ cov2 @ s1))
+    tr_cross = w.clamp_min(0).sqrt().sum()
+    value = float((mu1 - mu2).pow(2).sum() + torch.trace(cov1) + torch.trace(cov2) - 2 * tr_cross)
     return max(value, 0.0)
 
 
-def _kth_nn_radius(f: Tensor, k: int, batch: int = 2048) -> Tensor:
+def _sym(a: Tensor) -> Tensor:
+    return (a + a.T) / 2
+
+
+def _row_batch(num_cols: int, budget: int = 1 << 24) -> int:
+    """Rows per block so that a (rows, num_cols) float64 distance block stays ~budget elements."""
+    return max(1, budget // max(num_cols, 1))
+
+
+def _kth_nn_radius(f: Tensor, k: int) -> Tensor:
     """Distance from each row of f to its k-th nearest other row."""
     radii = []
+    batch = _row_batch(f.shape[0])
     for i in range(0, f.shape[0], batch):
         d = torch.cdist(f[i : i + batch], f)
         radii.append(d.kthvalue(k + 1, dim=1).values)  # +1: the point itself at distance 0
     return torch.cat(radii)
 
 
-def _covered(query: Tensor, ref: Tensor, radii: Tensor, batch: int = 2048) -> Tensor:
-    """For each query row: is it inside some ball (ref_j, radii_j)?"""
+def _covered(query: Tensor, ref: Tensor, radii: Tensor) -> Tensor:
+    """For each query row: is it inside some closed ball (ref_j, radii_j)?"""
     out = []
+    batch = _row_batch(ref.shape[0])
     for i in range(0, query.shape[0], batch):
         d = torch.cdist(query[i : i + batch], ref)
         out.append((d <= radii[None, :]).any(dim=1))
     return torch.cat(out)
 
 
-def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, float]:
-    """k-NN precision and recall (Kynkaanniemi et al. 2019).
+def precision_recall(real_feats: Tensor, fake_feats: Tensor, k: int = 3) -> tuple[float, float]:
+    """k-NN precision and recall (Kynkaanniemi et al. 2019, Sec. 2).
 
-    precision: share of fake samples inside the real manifold (union of balls around each real
-    point with radius its k-th NN distance); recall: share of real samples inside the fake one.
+    The manifold of a set is the union of balls centred on its points, each with radius the
+    distance to that point's k-th nearest neighbour in the same set. precision: share of fake
+    samples inside the real manifold; recall: share of real samples inside the fake one.
+    Distances by ``torch.cdist`` in float64, in row blocks of bounded memory. Shapes (N, D) and
+    (M, D) (trailing dimensions flattened), each with more than k rows.
     """
-    r, f = real.double().reshape(real.shape[0], -1), fake.double().reshape(fake.shape[0], -1)
+    r = real_feats.double().reshape(real_feats.shape[0], -1)
+    f = fake_feats.double().reshape(fake_feats.shape[0], -1)
+    if r.shape[1] != f.shape[1]:
+        raise ValueError(f"feature dimensions differ: {r.shape[1]} and {f.shape[1]}")
     if min(r.shape[0], f.shape[0]) <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} samples in each set")
     precision = float(_covered(f, r, _kth_nn_radius(r, k)).double().mean())
@@ -187,16 +215,24 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
 
 
 def inception_score(probs: Tensor, splits: int = 1) -> float:
-    """exp(E_x KL(p(y|x) || p(y))) over class probabilities (N, K); mean over ``splits`` parts."""
-    p = probs.double().clamp_min(1e-12)
+    """exp(E_x KL(p(y|x) || p(y))) (Salimans et al. 2016) from class probabilities (N, K).
+
+    p(y) is the mean of the rows within each of ``splits`` consecutive parts; the score is the
+    mean over parts (as in the reference implementation). Between 1 (every row the same) and K
+    (confident and balanced). 0 log 0 is taken as 0.
+    """
+    p = probs.double()
+    if p.ndim != 2 or p.shape[0] < splits:
+        raise ValueError(f"probs must be (N, K) with N >= splits, got {tuple(p.shape)}")
     scores = []
     for part in p.chunk(splits):
         py = part.mean(dim=0, keepdim=True)
-        kl = (part * (part.log() - py.log())).sum(dim=1).mean()
-        scores.append(math.exp(float(kl)))
+        terms = torch.where(part > 0, part * (part.log() - py.log()), torch.zeros_like(part))
+        scores.append(math.exp(float(terms.sum(dim=1).mean())))
     return sum(scores) / len(scores)
 
 
-def class_accuracy(probs: Tensor, requested: Tensor) -> float:
-    """Share of samples whose predicted class is the requested label."""
-    return float((probs.argmax(dim=1) == requested.to(probs.device)).double().mean())
+def class_accuracy(probs: Tensor, requested_labels: Tensor) -> float:
+    """Share of samples whose arg-max class (probs (N, K)) is the requested label (N,)."""
+    pred = probs.argmax(dim=1)
+    return float((pred == requested_labels.to(pred.device)).double().mean())
