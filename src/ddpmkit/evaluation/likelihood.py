@@ -1,16 +1,28 @@
 """Negative log-likelihood in bits/dim through the variational bound (Ho et al. 2020, Eq. 5).
 
-    L = L_T + sum_{t=1}^{T-1} L_{t} + L_0       (0-based indices, as everywhere in ddpmkit)
-    L_T   = KL(q(x_{T-1} | x_0) || N(0, I))                          (prior term)
-    L_t   = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))       (t >= 1)
-    L_0   = -log p_theta(x_0 | x_0-noised-once), discretised Gaussian decoder over 256 bins of
-            width 2/255 in [-1, 1], edge bins extended to -inf/+inf (Ho et al. Sec. 3.3)
+With 0-based timesteps (as everywhere in ddpmkit: x_t for t in [0, T), x_0 data has no index in
+the schedule, "t = 0" is one step of noise), for one data point x_0:
 
-p_theta has the posterior mean with the model's x_0 estimate and a fixed variance: the
-posterior's beta~_t (``variance="posterior"``) or beta_t (``"beta"``), as in improved-diffusion's
-``vb_terms_bpd``. Each L_t uses one draw of x_t (an unbiased estimate of the bound); with
-``num_timesteps < T - 1`` one t per stratum of the t range is drawn and weighted by the
-stratum's width (stratified sampling, still unbiased).
+    -log p_theta(x_0) <= L = L_prior + sum_{t=1}^{T-1} L_t + L_dec
+    L_prior = KL(q(x_{T-1} | x_0) || N(0, I))                            (L_T in Ho et al.)
+    L_t     = E_q KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))     (t >= 1; L_{t-1})
+    L_dec   = E_q -log p_theta(x_0 | x_{t=0})                            (L_0 in Ho et al.)
+
+p_theta(x_{t-1} | x_t) = N(mu~_t(x_t, x0_hat), sigma_t^2 I): the posterior mean (Ho et al. Eq. 7)
+with the model's x_0 estimate (clamped to [-1, 1] by default, ``clip_denoised``) and a fixed
+variance, beta~_t (``variance="posterior"``) or beta_t (``"beta"``; at t = 0 it is beta~ of
+t = 1, improved-diffusion's "fixed large"). The decoder L_dec is the discretised Gaussian of Ho
+et al. Sec. 3.3: 256 bins of width 2/255 centred on the levels of [-1, 1], the two edge bins
+extended to -inf and +inf. This follows improved-diffusion's ``vb_terms_bpd``/``calc_bpd_loop``
+(Nichol & Dhariwal 2021); bits/dim divide nats by D log 2.
+
+Each L_t (and L_dec) is estimated with one draw of x_t ~ q(x_t | x_0) per data point, so every
+term is an unbiased estimate of the bound. ``num_timesteps_eval = None`` evaluates every
+t = 1 ... T-1 (T - 1 network calls per batch, as ``calc_bpd_loop``). With
+``num_timesteps_eval = S < T - 1`` the range 1 ... T-1 is cut into S contiguous strata of
+(nearly) equal width; per data point one t is drawn uniformly inside each stratum and its term
+is multiplied by the stratum's width (stratified importance sampling, still unbiased; a
+fixed stride would be biased, because the terms change by orders of magnitude near t = 1).
 """
 
 from __future__ import annotations
@@ -21,14 +33,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ddpmkit.diffusion import model_output_to_eps_x0, q_posterior, q_sample
+from ddpmkit.diffusion import PREDICTIONS, model_output_to_eps_x0, q_posterior, q_sample
 from ddpmkit.schedule import NoiseSchedule, expand_like
 
-__all__ = ["discretized_gaussian_log_likelihood", "normal_kl", "vlb_terms"]
+__all__ = [
+    "approx_standard_normal_cdf",
+    "discretized_gaussian_log_likelihood",
+    "normal_kl",
+    "timestep_strata",
+    "vlb_terms",
+]
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise (broadcasting), in nats."""
     return 0.5 * (
         logvar2
         - logvar1
@@ -38,24 +56,45 @@ def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) ->
     )
 
 
-def _std_normal_cdf(x: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+def approx_standard_normal_cdf(x: Tensor) -> Tensor:
+    """Standard normal CDF, exact: 0.5 erfc(-x / sqrt 2), accurate far into the lower tail
+    (where 1 + erf(x / sqrt 2) cancels). The name follows improved-diffusion's function."""
+    return 0.5 * torch.special.erfc(-x / math.sqrt(2.0))
 
 
 def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
-    """log P(bin of x) under N(means, e^(2 log_scales)), bins of width 2/255 centred on the 256
-    levels of [-1, 1]; the lowest bin extends to -inf and the highest to +inf. Elementwise, nats."""
+    """log P(bin of x) under N(means, exp(log_scales)^2), elementwise, in nats, float64.
+
+    x must lie on the 256 levels of [-1, 1] (k / 127.5 - 1). Bin of x: [x - 1/255, x + 1/255],
+    except the lowest (x = -1), which extends to -inf, and the highest (x = 1), to +inf, so the
+    256 probabilities sum to 1. Differences of CDFs that are tiny in the far tail are floored at
+    1e-12 (improved-diffusion's clamp) before the log.
+    """
     x, means, log_scales = x.double(), means.double(), log_scales.double()
     centred = x - means
     inv = torch.exp(-log_scales)
-    cdf_plus = _std_normal_cdf(inv * (centred + 1.0 / 255))
-    cdf_min = _std_normal_cdf(inv * (centred - 1.0 / 255))
+    cdf_plus = approx_standard_normal_cdf(inv * (centred + 1.0 / 255))
+    cdf_min = approx_standard_normal_cdf(inv * (centred - 1.0 / 255))
+    # Upper tail through the symmetric lower one: 1 - Phi(z) = Phi(-z) without cancellation.
+    sf_min = approx_standard_normal_cdf(-inv * (centred - 1.0 / 255))
     log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_sf_min = torch.log(sf_min.clamp(min=1e-12))
     log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(
-        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta)
-    )
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_sf_min, log_delta))
+
+
+def timestep_strata(num_steps: int, num_timesteps_eval: int | None) -> list[tuple[int, int]]:
+    """Strata [lo, hi) covering t = 1 ... T-1: one per t (None, or S >= T - 1), else S strata
+    of nearly equal width."""
+    T = num_steps
+    if T < 2:
+        return []
+    if num_timesteps_eval is None or num_timesteps_eval >= T - 1:
+        return [(t, t + 1) for t in range(1, T)]
+    if num_timesteps_eval < 1:
+        raise ValueError(f"num_timesteps_eval must be >= 1 or None, got {num_timesteps_eval!r}")
+    edges = torch.linspace(1, T, num_timesteps_eval + 1, dtype=torch.float64).round().long()
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if int(b) > int(a)]
 
 
 def _flat_sum(v: Tensor) -> Tensor:
@@ -71,75 +110,108 @@ def vlb_terms(
     y: Tensor | None = None,
     prediction: str = "eps",
     variance: str = "posterior",
-    num_timesteps: int | None = None,
+    num_timesteps_eval: int | None = None,
+    clip_denoised: bool = True,
     generator: torch.Generator | None = None,
+    max_batch_elements: int = 1 << 21,
 ) -> dict[str, Tensor]:
-    """Per-sample bound terms in bits/dim: prior, vb (sum of L_t, t >= 1), decoder (L_0), total.
+    """Per-sample terms of the variational bound in bits/dim (see the module docstring).
 
-    x0: data in [-1, 1] on the 256-level grid, shape (B, *D). Returns tensors of shape (B,).
+    Args:
+        model: ``model(x_t, t)`` or ``model(x_t, t, y)`` (float32 x_t, long t), output of the
+            kind ``prediction`` ("eps", "x0" or "v").
+        x0: data on the 256-level grid of [-1, 1], shape (B, *D).
+        variance: the fixed reverse variance, "posterior" (beta~_t) or "beta" (beta_t).
+        num_timesteps_eval: None for all T - 1 terms, or S strata (stratified sampling).
+        generator: source of the t draws and of the noise of every x_t.
+        max_batch_elements: several strata are evaluated in one model call while the batch
+            has at most this many elements (at least one stratum, B samples, per call).
+
+    Returns (all float64, on x0's device):
+        prior_bpd (B,), vb_bpd (B,) the (weighted) sum of L_t over t >= 1, decoder_bpd (B,),
+        total_bpd (B,) = prior + vb + decoder, and terms_bpd (B, T): column 0 is the decoder
+        term and column t >= 1 the weighted L_t of the t drawn for that sample (0 elsewhere),
+        so terms_bpd.sum(1) + prior_bpd = total_bpd.
     """
     if variance not in ("posterior", "beta"):
         raise ValueError(f"unknown variance {variance!r}; expected 'posterior' or 'beta'")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; expected one of {list(PREDICTIONS)}")
     T = schedule.num_steps
     b = x0.shape[0]
     dims = x0[0].numel()
     to_bits = 1.0 / (dims * math.log(2.0))
+    device = x0.device
     x0 = x0.double()
+    if variance == "posterior":
+        logvar_table = schedule.posterior_log_variance_clipped.double()
+    else:
+        large = schedule.betas.double().clone()
+        if T > 1:
+            large[0] = schedule.posterior_variance.double()[1]
+        logvar_table = large.log()
+    logvar_table = logvar_table.to(device)
 
-    def model_mean_logvar(x_t: Tensor, tt: Tensor) -> tuple[Tensor, Tensor]:
-        out = (model(x_t.float(), tt) if y is None else model(x_t.float(), tt, y)).double()
+    def model_mean_logvar(x_t: Tensor, tt: Tensor, yy: Tensor | None) -> tuple[Tensor, Tensor]:
+        xf = x_t.float()
+        out = (model(xf, tt) if yy is None else model(xf, tt, yy)).double()
+        if out.shape != x_t.shape:
+            raise ValueError(f"model output {tuple(out.shape)} != input {tuple(x_t.shape)}")
         _, x0_pred = model_output_to_eps_x0(schedule, x_t, tt, out, prediction)
-        mean, _, post_logvar = q_posterior(schedule, x0_pred.clamp(-1, 1), x_t, tt)
-        if variance == "posterior":
-            logvar = post_logvar
-        else:  # beta_t, with beta~_1 at t = 0 as improved-diffusion's "fixed large"
-            large = schedule.betas.clone()
-            if T > 1:
-                large[0] = schedule.posterior_variance[1]
-            logvar = expand_like(large.to(x_t.device)[tt].log(), x_t)
-        return mean.double(), logvar.double()
+        if clip_denoised:
+            x0_pred = x0_pred.clamp(-1, 1)
+        mean, _, _ = q_posterior(schedule, x0_pred, x_t, tt)
+        return mean, expand_like(logvar_table[tt], x_t)
 
     def draw(tt: Tensor) -> Tensor:
-        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(device)
         return q_sample(schedule, x0, tt, noise)
 
     # Prior: q(x_{T-1} | x_0) = N(sqrt(abar) x0, 1 - abar) against N(0, 1).
-    abar_T = float(schedule.alphas_bar[T - 1])
+    abar_last = schedule.alphas_bar.double()[T - 1].item()
     prior = _flat_sum(
         normal_kl(
-            math.sqrt(abar_T) * x0,
-            torch.full_like(x0, math.log(1 - abar_T)),
+            math.sqrt(abar_last) * x0,
+            torch.full_like(x0, math.log(1.0 - abar_last)),
             torch.zeros_like(x0),
             torch.zeros_like(x0),
         )
     )
-    # Strata of the t range (each t >= 1 alone, or num_timesteps strata of equal width): per
-    # sample, one t drawn uniformly in each stratum and weighted by its width (stratified
-    # sampling: unbiased; a fixed stride is not, because the terms change fast near t = 1).
-    if num_timesteps is not None and 0 < num_timesteps < T - 1:
-        edges = torch.linspace(1, T, num_timesteps + 1).round().long().tolist()
-    else:
-        edges = list(range(1, T + 1))
-    vb = torch.zeros(b, dtype=torch.float64, device=x0.device)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        if hi <= lo:
-            continue
-        tt = (lo + torch.randint(0, hi - lo, (b,), generator=generator)).to(x0.device)
-        x_t = draw(tt)
-        true_mean, _, true_logvar = q_posterior(schedule, x0, x_t, tt)
-        mean, logvar = model_mean_logvar(x_t, tt)
-        kl = normal_kl(
-            true_mean.double(), true_logvar.double().expand_as(x0), mean, logvar.expand_as(x0)
+    terms = torch.zeros(b, T, dtype=torch.float64, device=device)
+    strata = timestep_strata(T, num_timesteps_eval)
+    per_call = max(1, max_batch_elements // max(b * dims, 1))  # strata per model call
+    for start in range(0, len(strata), per_call):
+        group = strata[start : start + per_call]
+        ts, xts, widths = [], [], []
+        for lo, hi in group:  # per stratum: t draws, then the noise (fixed order)
+            tt = (lo + torch.randint(0, hi - lo, (b,), generator=generator)).to(device)
+            ts.append(tt)
+            xts.append(draw(tt))
+            widths.append(float(hi - lo))
+        tt, x_t = torch.cat(ts), torch.cat(xts)
+        x0_rep = x0.repeat(len(group), *([1] * (x0.ndim - 1)))
+        y_rep = None if y is None else y.repeat(len(group))
+        true_mean, _, _ = q_posterior(schedule, x0_rep, x_t, tt)
+        true_logvar = expand_like(
+            schedule.posterior_log_variance_clipped.double().to(device)[tt], x_t
         )
-        vb += float(hi - lo) * _flat_sum(kl)
-    # Decoder L_0: -log p(x0 | x at t = 0), discretised.
-    t0 = torch.zeros(b, dtype=torch.long, device=x0.device)
-    mean, logvar = model_mean_logvar(draw(t0), t0)
+        mean, logvar = model_mean_logvar(x_t, tt, y_rep)
+        kl = _flat_sum(normal_kl(true_mean.double(), true_logvar, mean, logvar))  # (G * B,)
+        for k, w in enumerate(widths):
+            rows = slice(k * b, (k + 1) * b)
+            terms[torch.arange(b, device=device), ts[k]] += w * kl[rows]
+    # Decoder: -log p(x_0 | x at t = 0), discretised.
+    t0 = torch.zeros(b, dtype=torch.long, device=device)
+    mean, logvar = model_mean_logvar(draw(t0), t0, y)
     decoder = -_flat_sum(discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar.expand_as(x0)))
-    prior, vb, decoder = prior * to_bits, vb * to_bits, decoder * to_bits
+    terms[:, 0] = decoder
+    terms = terms * to_bits
+    prior = prior * to_bits
+    vb = terms[:, 1:].sum(dim=1)
     return {
         "prior_bpd": prior,
         "vb_bpd": vb,
-        "decoder_bpd": decoder,
-        "total_bpd": prior + vb + decoder,
+        "decoder_bpd": terms[:, 0].clone(),
+        "total_bpd": prior + vb + terms[:, 0],
+        "terms_bpd": terms,
     }
