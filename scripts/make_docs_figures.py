@@ -1,36 +1,79 @@
-"""Regenerate every figure in docs/figures from the project's own code.
+"""Regenerate every figure in docs/figures from the project's own code (the ``ddpm`` commands).
 
     .venv/bin/python scripts/make_docs_figures.py [--fmnist-run RUN_DIR] [--s-curve-run RUN_DIR]
 
-Without --s-curve-run it trains the S-curve preset (about a minute). Fashion-MNIST figures
-(samples by class, reverse process, loss, grids over training) need a trained run folder, e.g.
-the README's main job: --fmnist-run runs/fashion_mnist.
+Always: the schedules, the forward process of a Fashion-MNIST image under the four schedules
+and of the S-curve. Then it trains the S-curve preset (``ddpm train s_curve``, one to two
+minutes on 2 CPU cores) unless ``--s-curve-run`` gives a trained run, and takes its reverse
+process, data-vs-samples and loss figures. The Fashion-MNIST figures (samples by class, grids
+over training, reverse process) need a trained run folder, e.g. the README's main job:
+``--fmnist-run runs/fashion_mnist``; without it the existing ones are kept.
+
+Finally every PNG in docs/figures is re-encoded to stay small (< 300 KB,
+checked by tests/test_docs.py): plots are reduced to a 256-colour palette (they have few
+colours), and grayscale sample sheets above the limit to fewer gray levels.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 from ddpmkit.cli import main as ddpm
+from ddpmkit.viz.grid import atomic_save
 
 FIG = Path(__file__).resolve().parents[1] / "docs" / "figures"
+LIMIT = 290_000  # bytes; the docs test allows 300 KB
 
 
 def run(*args: str) -> None:
+    print("ddpm", " ".join(args), flush=True)
     code = ddpm(list(args))
     if code != 0:
         raise SystemExit(f"ddpm {' '.join(args)} failed with {code}")
+
+
+def _png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def compact_png(path: Path) -> int:
+    """Re-encode ``path`` smaller if possible (see the module docstring); returns its size."""
+    with Image.open(path) as opened:
+        im = opened.copy()
+    best = path.read_bytes()
+    if im.mode == "L":
+        candidates = [_png_bytes(im)]
+        levels = 128
+        while len(min(candidates, key=len)) > LIMIT and levels >= 32:
+            k = levels - 1  # posterize: `levels` evenly spaced gray levels, 0 and 255 kept
+            candidates.append(_png_bytes(im.point(lambda v, k=k: round(v * k / 255) * 255 // k)))
+            levels //= 2
+    else:
+        rgb = im.convert("RGBA")
+        flat = Image.new("RGB", rgb.size, "white")
+        flat.paste(rgb, mask=rgb.getchannel("A"))
+        candidates = [_png_bytes(flat.quantize(256, method=Image.Quantize.MEDIANCUT))]
+    smallest = min(candidates, key=len)
+    if len(smallest) < len(best):
+        atomic_save(path, lambda f: f.write(smallest))
+        return len(smallest)
+    return len(best)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--fmnist-run", default=None)
-    ap.add_argument("--s-curve-run", default=None)
+    ap.add_argument("--fmnist-run", default=None, help="a trained Fashion-MNIST run folder")
+    ap.add_argument("--s-curve-run", default=None, help="a trained S-curve run folder")
     args = ap.parse_args()
     FIG.mkdir(parents=True, exist_ok=True)
     run("plot", "schedules", "--out", str(FIG / "schedules.png"))
@@ -40,31 +83,25 @@ def main() -> None:
     run("plot", "forward", "--dataset", "s_curve", "--schedule", "sigmoid", "--steps", "100",
         "--out", str(FIG / "s_curve_forward.png"))  # fmt: skip
     tmp = Path(tempfile.mkdtemp())
-    s_run = Path(args.s_curve_run) if args.s_curve_run else tmp / "s_curve"
-    if not args.s_curve_run:
-        run("train", "s_curve", "--out", str(s_run), "--no-progress")
-    shutil.copyfile(s_run / "reverse_process.png", FIG / "s_curve_reverse.png")
-    shutil.copyfile(s_run / "data_vs_samples.png", FIG / "s_curve_samples.png")
-    run("plot", "loss", str(s_run), "--out", str(FIG / "s_curve_loss.png"))
-    if args.fmnist_run:
-        f = Path(args.fmnist_run)
-        run("sample", str(f), "--grid-by-class", "--num", "8", "--guidance", "2",
-            "--sampler", "dpmpp", "--steps", "20", "--out", str(tmp / "fm"))  # fmt: skip
-        shutil.copyfile(tmp / "fm" / "grid.png", FIG / "fashion_grid.png")
-        run(
-            "plot",
-            "reverse",
-            str(f),
-            "--num",
-            "4",
-            "--label",
-            "0",
-            "--out",
-            str(FIG / "fashion_reverse.png"),
-        )
-        run("plot", "loss", str(f), "--out", str(FIG / "fashion_loss.png"))
-        run("plot", "grids", str(f), "--out", str(FIG / "fashion_grids_over_training.png"))
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        s_run = Path(args.s_curve_run) if args.s_curve_run else tmp / "s_curve"
+        if not args.s_curve_run:
+            run("train", "s_curve", "--out", str(s_run), "--no-progress")
+        shutil.copyfile(s_run / "reverse_process.png", FIG / "s_curve_reverse.png")
+        shutil.copyfile(s_run / "data_vs_samples.png", FIG / "s_curve_samples.png")
+        run("plot", "loss", str(s_run), "--out", str(FIG / "s_curve_loss.png"))
+        if args.fmnist_run:
+            f = args.fmnist_run
+            run("sample", f, "--grid-by-class", "--num", "8", "--guidance", "2",
+                "--sampler", "dpmpp", "--steps", "20", "--out", str(tmp / "fm"))  # fmt: skip
+            shutil.copyfile(tmp / "fm" / "grid.png", FIG / "fashion_grid.png")
+            run("plot", "reverse", f, "--num", "4", "--label", "0",
+                "--out", str(FIG / "fashion_reverse.png"))  # fmt: skip
+            run("plot", "grids", f, "--out", str(FIG / "fashion_grids_over_training.png"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for png in sorted(FIG.glob("*.png")):
+        print(f"{png.name}: {compact_png(png) / 1000:.0f} KB")
     print(f"figures in {FIG}")
 
 
