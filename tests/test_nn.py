@@ -1,146 +1,323 @@
-"""Network contracts: shapes over a grid of configs, embeddings, null class, gradients, errors."""
+"""Network contracts: shapes over a grid of configs, layouts and bf16, embeddings, null class,
+attention against its formula, gradients to every parameter, config errors."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
+from ddpmkit.nn.blocks import CrossAttention, SelfAttention, attention
 from ddpmkit.nn.embeddings import LabelEmbedding, LabelTokens, TimeEmbedding, sinusoidal_embedding
 from ddpmkit.nn.mlp import SinusoidalMLP, StepEmbedMLP
-from ddpmkit.nn.unet import UNet, UNetConfig
+from ddpmkit.nn.unet import UNet, UNetConfig, num_parameters
+
+CONDITIONINGS = ["none", "add", "cross", "add+cross"]
+MULTS = {8: (1, 2), 28: (1, 2, 2), 32: (1, 2, 2), 64: (1, 2, 2, 2)}
 
 
 def tiny(**kw: object) -> UNetConfig:
-    base = dict(base_channels=8, groups=4, num_heads=2, num_res_blocks=1)
+    base: dict[str, object] = dict(
+        base_channels=16, groups=4, num_heads=2, num_res_blocks=1, attention_resolutions=()
+    )
     base.update(kw)
     return UNetConfig(**base)  # type: ignore[arg-type]
 
 
-SIZES = {8: (1, 2), 28: (1, 2, 2), 32: (1, 2, 2), 64: (1, 2, 2, 2)}
+def conditional(conditioning: str, **kw: object) -> UNetConfig:
+    """tiny() config for conditioning 'none' (unconditional) or one of the modes (3 classes)."""
+    if conditioning == "none":
+        return tiny(num_classes=0, **kw)
+    return tiny(num_classes=3, conditioning=conditioning, **kw)
+
+
+def perturbed(net: UNet, seed: int = 0, scale: float = 0.05) -> UNet:
+    """Add noise to every parameter: zero-initialised layers would hide every path at init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return net
+
+
+def small_net(conditioning: str, seed: int = 0, **kw: object) -> UNet:
+    torch.manual_seed(seed)
+    cfg = conditional(conditioning, image_size=8, channel_mults=(1, 2), **kw)
+    return perturbed(UNet(cfg), seed)
+
+
+# --------------------------------------------------------------------------- shapes
 
 
 @pytest.mark.parametrize(
-    "channels, size, attention, conditioning",
-    list(
-        itertools.product(
-            [1, 3], [8, 28, 32, 64], [True, False], ["none", "add", "cross", "add+cross"]
-        )
-    ),
+    "channels, size, attention_on, conditioning",
+    list(itertools.product([1, 3], [8, 28, 32, 64], [True, False], CONDITIONINGS)),
 )
 def test_output_shape_equals_input_shape(
-    channels: int, size: int, attention: bool, conditioning: str
+    channels: int, size: int, attention_on: bool, conditioning: str
 ) -> None:
-    mults = SIZES[size]
-    attn = (size // 2,) if attention else ()
-    cfg = tiny(
+    cfg = conditional(
+        conditioning,
         in_channels=channels,
         image_size=size,
-        channel_mults=mults,
-        attention_resolutions=attn,
-        num_classes=0 if conditioning == "none" else 3,
-        conditioning="add" if conditioning == "none" else conditioning,
+        channel_mults=MULTS[size],
+        attention_resolutions=(size // 2,) if attention_on else (),
     )
     net = UNet(cfg)
-    x = torch.randn(2, channels, size, size)
-    t = torch.tensor([0, 999])
-    y = None if conditioning == "none" else torch.tensor([0, 2])
-    assert net(x, t, y).shape == x.shape
+    x = torch.randn(1, channels, size, size)
+    y = None if conditioning == "none" else torch.tensor([2])
+    with torch.no_grad():
+        assert net(x, torch.tensor([999]), y).shape == x.shape
 
 
-def test_non_square_channels_last_and_bf16() -> None:
-    net = UNet(
-        tiny(
-            in_channels=3,
-            image_size=(16, 24),
-            channel_mults=(1, 2),
-            attention_resolutions=(8,),
-            num_classes=2,
-        )
+@pytest.mark.parametrize(
+    "hw, mults, attn",
+    [((28, 20), (1, 2), (10,)), ((16, 24), (1, 2, 2), (8, 4)), ((12, 32), (1, 2), (12,))],
+)
+def test_non_square(hw: tuple[int, int], mults: tuple[int, ...], attn: tuple[int, ...]) -> None:
+    # attention_resolutions refers to min(H, W) of a level: 28x20 -> levels 20, 10.
+    net = UNet(tiny(in_channels=3, image_size=hw, channel_mults=mults, attention_resolutions=attn))
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        assert net(x, torch.tensor([0, 1])).shape == x.shape
+
+
+def test_fresh_network_outputs_zero() -> None:
+    # Zero-initialised output conv (and residual branches): the untrained net predicts 0.
+    net = UNet(conditional("add+cross", image_size=8, channel_mults=(1, 2)))
+    out = net(torch.randn(2, 1, 8, 8), torch.tensor([3, 4]), torch.tensor([0, -1]))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("conditioning", ["none", "add+cross"])
+def test_channels_last_and_bf16_autocast(conditioning: str) -> None:
+    cfg = conditional(
+        conditioning,
+        in_channels=3,
+        image_size=(16, 24),
+        channel_mults=(1, 2),
+        attention_resolutions=(16, 8),
     )
-    net = net.to(memory_format=torch.channels_last)
-    x = torch.randn(2, 3, 16, 24).contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = net(x, torch.tensor([1, 2]), torch.tensor([0, 1]))
-    assert out.shape == x.shape and torch.isfinite(out.float()).all()
+    torch.manual_seed(0)
+    ref = perturbed(UNet(cfg))
+    x = torch.randn(3, 3, 16, 24)
+    t = torch.tensor([1, 500, 999])
+    y = None if conditioning == "none" else torch.tensor([0, 2, -1])
+    with torch.no_grad():
+        expected = ref(x, t, y)
+    cl = perturbed(UNet(cfg)).to(memory_format=torch.channels_last)
+    cl.load_state_dict(ref.state_dict())
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = cl(x_cl, t, y)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)  # same function, any layout
+    for model, inp in ((ref, x), (cl, x_cl)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(inp, t, y)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        rel = (out.detach().float() - expected).norm() / expected.norm()
+        assert float(rel) < 0.05, float(rel)  # bf16 keeps ~3 significant digits per op
+        out.float().square().mean().backward()  # the bf16 training path (math attention kernel)
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_distinct_timesteps_give_distinct_embeddings() -> None:
+def test_output_of_a_sample_does_not_depend_on_its_batch() -> None:
+    # GroupNorm normalises per sample: seeds-per-sample sampling relies on this.
+    net = small_net("add+cross", attention_resolutions=(4,))
+    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 500, 999]), torch.tensor([0, 1, 2, -1])
+    with torch.no_grad():
+        full = net(x, t, y)
+        for i in range(4):
+            torch.testing.assert_close(
+                net(x[i : i + 1], t[i : i + 1], y[i : i + 1]), full[i : i + 1]
+            )
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def test_self_attention_matches_the_formula() -> None:
+    torch.manual_seed(0)
+    c, heads = 8, 2
+    attn = SelfAttention(c, heads, groups=4)
+    perturbed(attn, scale=0.5)  # type: ignore[arg-type]
+    x = torch.randn(2, c, 3, 5)
+    with torch.no_grad():
+        h = attn.norm(x).flatten(2).transpose(1, 2)  # (B, L, C)
+        qkv = h @ attn.qkv.weight[:, :, 0, 0].T + attn.qkv.bias  # (B, L, 3C)
+        q, k, v = (u.reshape(2, 15, heads, c // heads).transpose(1, 2) for u in qkv.chunk(3, -1))
+        w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c // heads), dim=-1)
+        o = (w @ v).transpose(1, 2).reshape(2, 15, c)  # (B, L, C)
+        o = o @ attn.proj.weight[:, :, 0, 0].T + attn.proj.bias
+        expected = x + o.transpose(1, 2).reshape(2, c, 3, 5)
+        torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-5)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        out_cl = attn(x_cl)
+        assert out_cl.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out_cl, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cross_attention_matches_the_formula() -> None:
+    torch.manual_seed(0)
+    c, heads, dim, length = 8, 2, 6, 3
+    attn = CrossAttention(c, dim, heads, groups=4)
+    perturbed(attn, scale=0.5)  # type: ignore[arg-type]
+    x, tokens = torch.randn(2, c, 4, 4), torch.randn(2, length, dim)
+    with torch.no_grad():
+        q = attn.norm(x).flatten(2).transpose(1, 2) @ attn.q.weight[:, :, 0, 0].T + attn.q.bias
+        k, v = (tokens @ attn.kv.weight.T + attn.kv.bias).chunk(2, -1)  # (B, L, C) each
+
+        def split(u: torch.Tensor) -> torch.Tensor:
+            return u.reshape(2, -1, heads, c // heads).transpose(1, 2)
+
+        w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(c // heads), -1)
+        o = (w @ split(v)).transpose(1, 2).reshape(2, 16, c)
+        o = o @ attn.proj.weight[:, :, 0, 0].T + attn.proj.bias
+        expected = x + o.transpose(1, 2).reshape(2, c, 4, 4)
+        torch.testing.assert_close(attn(x, tokens), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_kernels_agree_in_bf16_training() -> None:
+    # attention() forces the math kernel for CPU bf16 training; it must be the same function.
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 49, 16, generator=g).bfloat16() for _ in range(3))
+    with torch.no_grad():
+        fused = attention(q, k, v)
+    q.requires_grad_()
+    trained = attention(q, k, v)
+    torch.testing.assert_close(trained.detach(), fused, rtol=2e-2, atol=2e-2)
+    trained.float().sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def test_sinusoidal_embedding() -> None:
     t = torch.arange(1000)
     e = sinusoidal_embedding(t, 64)
-    assert e.shape == (1000, 64)
+    assert e.shape == (1000, 64) and e.dtype == torch.float32
     d = torch.cdist(e, e) + torch.eye(1000) * 1e9
-    assert float(d.min()) > 1e-3
-    # Reference values: position 0 -> [cos 0 ..., sin 0 ...] = [1]*32 + [0]*32.
+    assert float(d.min()) > 1e-3  # every timestep distinct
+    # Position 0 -> [cos 0 ... | sin 0 ...]; the first frequency is 1.
     assert torch.equal(e[0], torch.cat([torch.ones(32), torch.zeros(32)]))
-    assert float(e[5, 0]) == pytest.approx(torch.cos(torch.tensor(5.0)).item(), abs=1e-6)
-    te = TimeEmbedding(32, 64)(torch.tensor([3, 4]))
-    assert not torch.allclose(te[0], te[1])
-    assert sinusoidal_embedding(t[:3], 7).shape == (3, 7)
+    assert float(e[5, 0]) == pytest.approx(math.cos(5.0), abs=1e-6)
+    assert float(e[5, 32]) == pytest.approx(math.sin(5.0), abs=1e-6)
+    assert float(e[5, 1]) == pytest.approx(math.cos(5.0 * 10000 ** (-1 / 32)), abs=1e-6)
+    odd = sinusoidal_embedding(t[:3], 7)
+    assert odd.shape == (3, 7) and torch.equal(odd[:, 6], torch.zeros(3))
+    torch.testing.assert_close(sinusoidal_embedding(t.float(), 64), e)  # long == float t
+    with pytest.raises(ValueError, match=r"t must have shape \(B,\)"):
+        sinusoidal_embedding(t[None], 64)
 
 
-def test_null_class() -> None:
-    emb = LabelEmbedding(10, 16)
-    assert torch.equal(emb(torch.tensor([-1])), emb.table.weight[10:11])
-    tok = LabelTokens(10, 16, num_tokens=4)
-    assert tok(torch.tensor([-1, 3])).shape == (2, 4, 16)
+def test_time_embedding_distinct_for_distinct_t() -> None:
     torch.manual_seed(0)
-    net = UNet(
-        tiny(
-            image_size=8,
-            channel_mults=(1, 2),
-            attention_resolutions=(4,),
-            num_classes=3,
-            conditioning="add+cross",
-        )
-    )
-    with torch.no_grad():  # make the label path matter (zero-init output would hide it)
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    x = torch.randn(2, 1, 8, 8)
-    t = torch.tensor([5, 6])
-    assert torch.equal(net(x, t, None), net(x, t, torch.tensor([-1, -1])))
-    assert not torch.allclose(net(x, t, torch.tensor([0, 0])), net(x, t, torch.tensor([1, 1])))
+    with torch.no_grad():
+        te = TimeEmbedding(32, 64)(torch.arange(1000))
+    assert te.shape == (1000, 64)
+    d = torch.cdist(te, te) + torch.eye(1000) * 1e9
+    assert float(d.min()) > 1e-4
+
+
+def test_null_class_embeddings() -> None:
+    emb = LabelEmbedding(10, 16)
+    null = emb.table.weight[10]
+    out = emb(torch.tensor([-1, -7, 3]))
+    assert torch.equal(out[0], null) and torch.equal(out[1], null)
+    assert torch.equal(out[2], emb.table.weight[3])
+    tok = LabelTokens(10, 16, num_tokens=4)
+    out = tok(torch.tensor([-1, 3, -2]))
+    assert out.shape == (3, 4, 16)
+    expected_null = tok.table.weight[10].view(4, 16) + tok.pos
+    assert torch.equal(out[0], expected_null) and torch.equal(out[2], expected_null)
+    assert torch.equal(out[1], tok.table.weight[3].view(4, 16) + tok.pos)
 
 
 @pytest.mark.parametrize("conditioning", ["add", "cross", "add+cross"])
-def test_every_parameter_gets_a_gradient(conditioning: str) -> None:
-    # DDP requires that no parameter is unused (find_unused_parameters stays off).
-    net = UNet(
-        tiny(
-            image_size=8,
-            channel_mults=(1, 2),
-            attention_resolutions=(4,),
-            num_classes=3,
-            conditioning=conditioning,
-        )
-    )
+def test_null_label_in_the_network(conditioning: str) -> None:
+    net = small_net(conditioning, attention_resolutions=(4,))
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 600])
     with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    out = net(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), torch.tensor([0, -1]))
-    out.square().mean().backward()
-    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert missing == []
+        none = net(x, t, None)
+        assert torch.equal(none, net(x, t, torch.tensor([-1, -1])))
+        assert torch.equal(none, net(x, t, torch.tensor([-3, -1])))  # any negative label
+        a, b = net(x, t, torch.tensor([0, 0])), net(x, t, torch.tensor([1, 1]))
+    assert not torch.allclose(a, b) and not torch.allclose(a, none)  # the label is used
+
+
+def test_unconditional_network_ignores_labels() -> None:
+    net = small_net("none")
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 6])
+    with torch.no_grad():
+        assert torch.equal(net(x, t), net(x, t, torch.tensor([0, 1])))
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_every_parameter_gets_a_gradient(conditioning: str) -> None:
+    # DDP with find_unused_parameters=False needs every parameter in the graph of every step,
+    # also at initialisation, where the zero-initialised layers make most gradients exactly 0.
+    cfg = conditional(conditioning, image_size=8, channel_mults=(1, 2), attention_resolutions=(4,))
+    labels = None if conditioning == "none" else torch.tensor([0, -1])
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 2])
+    fresh = UNet(cfg)
+    fresh(x, t, labels).square().mean().backward()
+    assert [n for n, p in fresh.named_parameters() if p.grad is None] == []
+    # Away from the initialisation every parameter actually influences the output.
+    net = small_net(conditioning, attention_resolutions=(4,))
+    net(x, t, labels).square().mean().backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None or not p.grad.any()] == []
+
+
+# --------------------------------------------------------------------------- configs
 
 
 @pytest.mark.parametrize(
-    "kw, needle",
+    "kw, needles",
     [
-        (dict(image_size=30, channel_mults=(1, 2, 2)), "divisible by 2^(levels-1) = 4"),
-        (dict(base_channels=6), "groups=4 must divide"),
-        (
-            dict(attention_resolutions=(5,)),
-            "attention_resolutions: no level has feature-map size 5",
-        ),
-        (dict(conditioning="concat"), "conditioning 'concat' is not one of"),
+        (dict(image_size=30, channel_mults=(1, 2, 2)), ["image_size 30x30", "2^(levels-1) = 4"]),
+        (dict(image_size=(28, 18), channel_mults=(1, 2, 2)), ["image_size 28x18"]),
+        (dict(image_size=(28, 28, 1)), ["image_size must be an int or a pair"]),
+        (dict(base_channels=6), ["groups=4 must divide", "[6] are not divisible"]),
+        (dict(base_channels=16, groups=3), ["groups=3 must divide"]),
+        (dict(num_heads=3), ["num_heads=3 must divide"]),
+        (dict(attention_resolutions=(5,)), ["attention_resolutions", "size 5", "[28, 14, 7]"]),
+        (dict(conditioning="concat"), ["conditioning 'concat' is not one of", "add+cross"]),
+        (dict(in_channels=0), ["in_channels must be >= 1"]),
+        (dict(channel_mults=()), ["channel_mults must be non-empty"]),
+        (dict(num_res_blocks=0), ["num_res_blocks must be >= 1"]),
+        (dict(num_classes=-1), ["num_classes must be >= 0"]),
+        (dict(num_cond_tokens=0), ["num_cond_tokens must be >= 1"]),
+        (dict(dropout=1.0), ["dropout must be in [0, 1)"]),
     ],
 )
-def test_invalid_configs(kw: dict[str, object], needle: str) -> None:
+def test_invalid_configs(kw: dict[str, object], needles: list[str]) -> None:
     with pytest.raises(ValueError) as e:
         UNet(tiny(**kw))
-    assert needle in str(e.value)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg
+
+
+def test_config_lists_become_tuples() -> None:
+    a = UNetConfig(channel_mults=[1, 2], attention_resolutions=[14], image_size=[28, 20])  # type: ignore[arg-type]
+    b = UNetConfig(channel_mults=(1, 2), attention_resolutions=(14,), image_size=(28, 20))
+    assert a == b and hash(a) == hash(b) and a.hw == (28, 20) and a.level_sizes() == [20, 10]
+
+
+def test_num_parameters() -> None:
+    net = UNet(tiny(image_size=8, channel_mults=(1, 2), attention_resolutions=()))
+    n = num_parameters(net)
+    assert n == sum(p.numel() for p in net.parameters()) > 0
+    net.conv_in.weight.requires_grad_(False)
+    assert num_parameters(net, trainable_only=True) == n - net.conv_in.weight.numel()
 
 
 def test_mlps() -> None:

@@ -2,15 +2,83 @@
 
 Following Ho et al. 2020 (Appendix B) and improved-diffusion (scale-shift norm): GroupNorm,
 SiLU, 3x3 convs, zero-initialised last layers so every residual block starts as the identity.
-Attention uses ``torch.nn.functional.scaled_dot_product_attention``.
+
+Attention is ``softmax(q k^T / sqrt(d)) v`` (Vaswani et al. 2017, Eq. 1) through
+``torch.nn.functional.scaled_dot_product_attention``, with q, k, v laid out (B, heads, L, d),
+last dimension contiguous, *whatever the memory format of the feature map*: SDPA picks its kernel
+from the strides, and a layout-dependent choice would make NCHW and channels_last different
+programs (see :func:`attention` for the one exception made on purpose). Outputs are returned in
+the memory format of the input.
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CrossAttention", "Downsample", "ResBlock", "SelfAttention", "Upsample", "zero_init"]
+try:  # torch >= 2.3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # pragma: no cover - older torch: SDPA chooses on its own
+    SDPBackend = None  # type: ignore[assignment, misc]
+    sdpa_kernel = None  # type: ignore[assignment]
+
+__all__ = [
+    "CrossAttention",
+    "Downsample",
+    "ResBlock",
+    "SelfAttention",
+    "Upsample",
+    "attention",
+    "is_channels_last",
+    "merge_heads",
+    "split_heads",
+    "zero_init",
+]
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """True if the 4-D ``x`` is stored NHWC (and not also NCHW-contiguous, as 1x1 maps are)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Multi-head attention, (B, heads, Lq, d), (B, heads, Lk, d) x2 -> (B, heads, Lq, d).
+
+    SDPA chooses the kernel, except for CPU training in bf16/fp16 (autograd recording, input
+    on CPU in reduced precision), where the math kernel is forced: measured with torch 2.13 on a
+    2-core AVX-512/AMX Xeon at the 7x7 maps of the Fashion-MNIST U-Net (L = 49, d = 16), the
+    fused CPU kernel's bf16 backward was ~2x slower than the math kernel's (while its forward,
+    and its fp32 forward and backward, were 2-5x faster; hence the narrow rule). The two compute
+    the same function; only speed differs.
+    """
+    reduced = q.dtype in (torch.bfloat16, torch.float16)
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    use_math = q.device.type == "cpu" and reduced and training and sdpa_kernel is not None
+    ctx = sdpa_kernel(SDPBackend.MATH) if use_math else contextlib.nullcontext()
+    with ctx:
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def split_heads(t: Tensor, head_dim: int) -> Tensor:
+    """(B, n * d, H, W) -> (B, n, H * W, d) with the last dimension contiguous.
+
+    A view for an NHWC-stored map; one copy for NCHW.
+    """
+    b, nc, h, w = t.shape
+    out = t.reshape(b, nc // head_dim, head_dim, h * w).transpose(-1, -2)
+    return out if out.stride(-1) == 1 else out.contiguous()
+
+
+def merge_heads(out: Tensor, like: Tensor) -> Tensor:
+    """(B, heads, H * W, d) -> (B, heads * d, H, W), stored in the memory format of ``like``."""
+    b, _, h, w = like.shape
+    c = out.shape[1] * out.shape[3]
+    if is_channels_last(like):
+        return out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
+    return out.transpose(-1, -2).reshape(b, c, h, w)
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -54,48 +122,42 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over the H*W positions, residual, zero-initialised output."""
+    """x + proj(MHA(GN(x))) over the H*W positions; proj zero-initialised (starts as identity)."""
 
     def __init__(self, channels: int, num_heads: int, groups: int):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide the channel count {channels}")
-        self.heads = num_heads
+        self.head_dim = channels // num_heads
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # (B, heads, HW, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj(out)
+        qkv = split_heads(self.qkv(self.norm(x)), self.head_dim)  # (B, 3 * heads, HW, d)
+        q, k, v = qkv.chunk(3, dim=1)
+        return x + self.proj(merge_heads(attention(q, k, v), x))
 
 
 class CrossAttention(nn.Module):
-    """Pixels (queries) attend to condition tokens (keys/values), residual, zero-init output."""
+    """x + proj(MHA(q = GN(x), k = v = tokens)); pixels attend to condition tokens (B, L, D)."""
 
     def __init__(self, channels: int, cond_dim: int, num_heads: int, groups: int):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide the channel count {channels}")
-        self.heads = num_heads
+        self.heads, self.head_dim = num_heads, channels // num_heads
         self.norm = nn.GroupNorm(groups, channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.kv = nn.Linear(cond_dim, 2 * channels)
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        d = c // self.heads
-        q = self.q(self.norm(x)).reshape(b, self.heads, d, h * w).transpose(-1, -2)  # (B,h,HW,d)
-        kv = self.kv(tokens).to(q.dtype)  # (B, L, 2C)
-        k, v = kv.reshape(b, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4)  # 2 x (B, h, L, d)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, HW, d)
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj(out)
+        q = split_heads(self.q(self.norm(x)), self.head_dim)  # (B, heads, HW, d)
+        b, length, _ = tokens.shape
+        kv = self.kv(tokens).to(q.dtype)  # (B, L, 2C); same dtype as q outside autocast too
+        k, v = kv.reshape(b, length, 2 * self.heads, self.head_dim).transpose(1, 2).chunk(2, 1)
+        return x + self.proj(merge_heads(attention(q, k, v), x))
 
 
 class Downsample(nn.Module):

@@ -30,10 +30,17 @@ __all__ = [
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """(B,) timesteps -> (B, dim): [cos(t w_i), sin(t w_i)], w_i = max_period^(-i/half).
+    """(B,) timesteps (long or float) -> (B, dim) float32: [cos(t w_i) | sin(t w_i)].
 
-    Odd ``dim`` is padded with one zero column.
+    w_i = max_period^(-i / half), i = 0 .. half - 1, half = dim // 2 (Vaswani et al. 2017,
+    Sec. 3.5, with the halves concatenated rather than interleaved, as in Ho et al.'s and
+    improved-diffusion's code). Odd ``dim`` is padded with one zero column. Computed in float32
+    whatever the autocast state, so t = 998 and t = 999 stay distinct.
     """
+    if t.ndim != 1:
+        raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
     half = dim // 2
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
@@ -56,19 +63,21 @@ class TimeEmbedding(nn.Module):
         )
 
     def forward(self, t: Tensor) -> Tensor:
+        """(B,) timestep indices -> (B, out_dim)."""
         return self.mlp(sinusoidal_embedding(t, self.base_dim))
 
 
 def null_to_index(y: Tensor, num_classes: int) -> Tensor:
-    """Map negative labels (the null class, -1) to index ``num_classes``."""
+    """Map every negative label (``NULL_LABEL = -1`` and any other) to the null index."""
     return torch.where(y < 0, torch.full_like(y, num_classes), y)
 
 
 class LabelEmbedding(nn.Module):
-    """y (B,) long -> (B, dim); labels < 0 and ``y=None`` use the learned null embedding.
+    """y (B,) long -> (B, dim); every label < 0 gets the learned null-class embedding.
 
-    Labels >= num_classes are an indexing error (no data-dependent check here: it would cost a
-    host sync per call).
+    Labels >= num_classes are the caller's error: they index out of range (an IndexError on
+    CPU, a device-side assert on CUDA). They are not checked here because a data-dependent
+    check would cost a host-device synchronisation on every call.
     """
 
     def __init__(self, num_classes: int, dim: int):
@@ -77,11 +86,16 @@ class LabelEmbedding(nn.Module):
         self.table = nn.Embedding(num_classes + 1, dim)
 
     def forward(self, y: Tensor) -> Tensor:
+        """(B,) labels -> (B, dim)."""
         return self.table(null_to_index(y, self.num_classes))
 
 
 class LabelTokens(nn.Module):
-    """y (B,) long -> (B, num_tokens, dim) condition tokens, with a learned position embedding."""
+    """y (B,) long -> (B, num_tokens, dim) condition tokens, with a learned position embedding.
+
+    One row of a (num_classes + 1, num_tokens * dim) table per label, reshaped, plus a position
+    embedding shared by all labels. Null handling and range as in :class:`LabelEmbedding`.
+    """
 
     def __init__(self, num_classes: int, dim: int, num_tokens: int = 4):
         super().__init__()
@@ -90,5 +104,6 @@ class LabelTokens(nn.Module):
         self.pos = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
 
     def forward(self, y: Tensor) -> Tensor:
+        """(B,) labels -> (B, num_tokens, dim)."""
         tok = self.table(null_to_index(y, self.num_classes))
         return tok.view(-1, self.num_tokens, self.dim) + self.pos

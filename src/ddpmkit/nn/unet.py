@@ -34,32 +34,68 @@ CONDITIONINGS = ("add", "cross", "add+cross")
 
 @dataclass(frozen=True)
 class UNetConfig:
+    """Architecture of :class:`UNet`; :meth:`validate` says what cannot be built, and why.
+
+    Fields:
+        in_channels: image channels (also the output channels).
+        image_size: S (square) or (H, W); 2^(len(channel_mults) - 1) must divide H and W.
+        base_channels: width of the first level; level i has base_channels * channel_mults[i].
+        channel_mults: one level per entry; a 2x downsampling between consecutive levels.
+        num_res_blocks: ResBlocks per level on the way down (one more on the way up).
+        attention_resolutions: feature-map sides, min(H, W) of a level, that get self-attention
+            (e.g. (14, 7) for 28x28 with mults (1, 2, 2)); the middle block always has it.
+        num_heads: attention heads; must divide every level's width.
+        dropout: in every ResBlock, before its last conv.
+        num_classes: 0 = unconditional; otherwise labels 0..num_classes-1 plus a null class.
+        conditioning: "add" (label embedding added to the time embedding), "cross"
+            (cross-attention to label tokens wherever there is self-attention, middle included)
+            or "add+cross"; ignored when num_classes = 0.
+        num_cond_tokens: tokens per label for cross-attention.
+        scale_shift: FiLM-style GN(h) * (1 + scale) + shift from the time embedding
+            (improved-diffusion); False adds it as a bias before the norm (Ho et al.).
+        groups: GroupNorm groups; must divide every level's width.
+    """
+
     in_channels: int = 1
-    image_size: int | tuple[int, int] = 28  # S (square) or (H, W)
+    image_size: int | tuple[int, int] = 28
     base_channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2, 2)  # one level per entry; 2^(levels-1) must divide H, W
+    channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (7,)  # feature-map sides (min(H, W)) with attention
+    attention_resolutions: tuple[int, ...] = (7,)
     num_heads: int = 4
     dropout: float = 0.0
-    num_classes: int = 0  # 0 = unconditional
-    conditioning: str = "add"  # add: label embedding + time embedding; cross: cross-attention
-    num_cond_tokens: int = 4  # tokens per label for cross-attention (> 1, see embeddings.py)
+    num_classes: int = 0
+    conditioning: str = "add"
+    num_cond_tokens: int = 4
     scale_shift: bool = True
     groups: int = 8
 
+    def __post_init__(self) -> None:
+        # Lists (from TOML/JSON configs) become tuples so the config stays hashable and equal to
+        # the same config written with tuples.
+        for name in ("channel_mults", "attention_resolutions"):
+            v = getattr(self, name)
+            if isinstance(v, list):
+                object.__setattr__(self, name, tuple(v))
+        if isinstance(self.image_size, list):
+            object.__setattr__(self, "image_size", tuple(self.image_size))
+
     @property
     def hw(self) -> tuple[int, int]:
+        """(H, W) of the input images."""
         s = self.image_size
         return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
     def level_sizes(self) -> list[int]:
-        """min(H, W) of the feature maps at each level."""
+        """min(H, W) of the feature maps at each level (what attention_resolutions refers to)."""
         h, w = self.hw
         return [min(h, w) >> i for i in range(len(self.channel_mults))]
 
     def validate(self) -> None:
         """Raise ValueError (one line, naming the field) for a config that cannot be built."""
+        s = self.image_size
+        if not isinstance(s, int) and (not isinstance(s, tuple) or len(s) != 2):
+            raise ValueError(f"image_size must be an int or a pair (H, W), got {s!r}")
         h, w = self.hw
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
@@ -67,44 +103,49 @@ class UNetConfig:
             raise ValueError(
                 f"channel_mults must be non-empty positive integers, got {list(self.channel_mults)}"
             )
-        if self.base_channels < 1 or self.num_res_blocks < 1:
-            raise ValueError("base_channels and num_res_blocks must be >= 1")
+        for name in ("base_channels", "num_res_blocks", "groups", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         factor = 2 ** (len(self.channel_mults) - 1)
         if h < 1 or w < 1 or h % factor or w % factor:
             raise ValueError(
                 f"image_size {h}x{w} must be divisible by 2^(levels-1) = {factor} for "
                 f"channel_mults {list(self.channel_mults)}; resize the images or use fewer levels"
             )
-        for m in self.channel_mults:
-            c = self.base_channels * m
-            if c % self.groups:
+        levels = [self.base_channels * m for m in self.channel_mults]
+        for name, widths in (("groups", [self.base_channels, *levels]), ("num_heads", levels)):
+            n = getattr(self, name)
+            bad = sorted({c for c in widths if c % n})
+            if bad:
                 raise ValueError(
-                    f"groups={self.groups} must divide every channel count; {c} is not divisible"
-                )
-            if c % self.num_heads:
-                raise ValueError(
-                    f"num_heads={self.num_heads} must divide every channel count; {c} is not"
+                    f"{name}={n} must divide every channel count; {bad} are not divisible "
+                    f"(base_channels={self.base_channels}, "
+                    f"channel_mults={list(self.channel_mults)})"
                 )
         sizes = self.level_sizes()
         for r in self.attention_resolutions:
             if r not in sizes:
                 raise ValueError(
-                    f"attention_resolutions: no level has feature-map size {r}; sizes are {sizes}"
+                    f"attention_resolutions: no level has feature-map size {r}; the levels' sizes "
+                    f"(min(H, W)) are {sizes}"
                 )
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(
                 f"conditioning {self.conditioning!r} is not one of {list(CONDITIONINGS)}"
             )
         if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+            raise ValueError(
+                f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}"
+            )
         if self.num_cond_tokens < 1:
             raise ValueError(f"num_cond_tokens must be >= 1, got {self.num_cond_tokens}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-def num_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of ``model`` (only those with requires_grad if asked)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 class _Level(nn.Module):
@@ -124,6 +165,14 @@ class _Level(nn.Module):
 
 
 class UNet(nn.Module):
+    """The denoising network (predicts eps, x0 or v, as trained); layout in the module docstring.
+
+    ``UNet(cfg)`` validates ``cfg`` first (ValueError naming the field). The time embedding has
+    width 4 * base_channels (Ho et al.); label embeddings and label tokens use the same width.
+    Every parameter takes part in every forward pass (no unused parameters under DDP), also
+    for ``y = None`` on a conditional model (the null class is a learned embedding).
+    """
+
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         cfg.validate()
@@ -180,7 +229,13 @@ class UNet(nn.Module):
         )
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """(B, C, H, W), (B,) long, (B,) long | None -> (B, C, H, W)."""
+        """(B, C, H, W), (B,) long, (B,) long | None -> (B, C, H, W).
+
+        ``t``: timestep indices in [0, T). ``y``: class labels, < 0 (``NULL_LABEL``) for the
+        null class; ``None`` on a conditional model is the null class for every sample, and is
+        ignored by an unconditional one. Works in any memory format and under autocast; the
+        output is returned as computed (bf16 under bf16 autocast), the caller casts.
+        """
         emb = self.time_embed(t)  # (B, 4 * base)
         tokens = None
         if self.cfg.num_classes > 0:
