@@ -7,15 +7,17 @@ Data: 8 Gaussians of std 0.05 on a ring of radius 2 (sharp modes, data in about 
 exact E[eps | x_t] of that mixture (``MixtureOracle``), so the only error is the sampler's.
 Main table: linear schedule, T = 1000, every sampler of ``ddpmkit.sampling.SAMPLERS`` with every
 spacing of ``SPACINGS`` at 5, 10, 20 and 50 steps, plus all 1000 steps (where every spacing is
-the same). Second table (``--no-proposed`` leaves it out): two proposed changes to
-``ddpmkit.sampling``, each next to the current behaviour, implemented here only:
+the same). Second table (``--no-changes`` leaves it out): two changes adopted in
+``ddpmkit.sampling`` after this measurement, each next to the behaviour before it, which is
+implemented here only (rows marked "(before)"); each "(before)" row reverts that one change:
 
-* cosine schedule: log-SNR and Karras spacings are distorted by the schedule's last step (beta
-  clipped at 0.999, so abar_{T-1} = 2e-9, lambda = -9.9): the proposal clips lambda at -5.1
-  (``proposed_make_timesteps``, swapped in for ``ddpmkit.sampling.make_timesteps`` while
-  those rows run);
-* DPM-Solver++(2M) with a first-order step into the last timestep below 15 steps
-  (``dpmpp_lower_order_final``).
+* cosine schedule: log-SNR and Karras spacings used to be distorted by the schedule's last step
+  (beta clipped at 0.999, so abar_{T-1} = 2e-9, lambda = -9.9); ``make_timesteps`` now clips
+  lambda at ``LAMBDA_MIN`` = -5.1. ``unclipped_make_timesteps`` is the spacing before, swapped
+  in for ``ddpmkit.sampling.make_timesteps`` while those rows run;
+* DPM-Solver++(2M) now takes a first-order step into the last timestep below 15 steps;
+  ``dpmpp_second_order_final`` is the sampler before (second order on every step after the
+  first).
 
 Columns: sliced W2 (256 directions) of 4,000 samples to 16,000 fresh mixture samples (exactly
 2,000 per mode, so the reference adds no mode-weight noise of its own); the share
@@ -45,35 +47,33 @@ from ddpmkit.schedule import NoiseSchedule
 DOC = Path(__file__).resolve().parents[1] / "docs" / "samplers.md"
 MARKERS = {
     "linear": ("<!-- sampler-table:begin -->", "<!-- sampler-table:end -->"),
-    "proposals": ("<!-- sampler-proposals:begin -->", "<!-- sampler-proposals:end -->"),
+    "changes": ("<!-- sampler-changes:begin -->", "<!-- sampler-changes:end -->"),
 }
 STEPS = (5, 10, 20, 50)
 K, RADIUS, STD = 8, 2.0, 0.05
 NUM_REF = 16_000  # reference: exactly NUM_REF / K draws per mode (no weight noise)
-LAMBDA_MIN = -5.1  # proposed clip of the log-SNR range (diffusers' lambda_min_clipped for cosine)
 
 Row = dict[str, object]
+BEFORE_SAMPLER = "dpmpp, second order final (before)"
 
 
-def proposed_make_timesteps(
+def unclipped_make_timesteps(
     schedule: NoiseSchedule, num_steps: int | None = None, spacing: str = "trailing"
 ) -> list[int]:
-    """The proposed fix for ``logsnr``/``karras``: clip half-log-SNR lambda at LAMBDA_MIN.
+    """The former ``make_timesteps`` (before the lambda clip): ``logsnr``/``karras`` targets
+    spread over the whole range lambda(0) ... lambda(T-1) of the schedule.
 
-    The targets are spread between lambda(0) and max(lambda(T-1), LAMBDA_MIN) instead of
-    lambda(T-1); t = T-1 stays the first step (x_T is drawn there). On the linear schedule
-    (lambda(T-1) = -5.06) nothing changes; on the cosine one (lambda(T-1) = -9.9) the steps
-    no longer pile up on t = 994...999. Other spacings are unchanged.
+    On the linear schedule (lambda(T-1) = -5.06 > LAMBDA_MIN) ``make_timesteps`` still gives the
+    same steps (except at a single step, now t = T-1, formerly t = 0); on the cosine one
+    (lambda(T-1) = -9.9) the steps piled up on t = 991...999. Other spacings are the library's.
     """
-    orig = _ORIGINAL_MAKE_TIMESTEPS
     T = schedule.num_steps
     n = T if num_steps is None else int(num_steps)
     if spacing not in ("logsnr", "karras") or n == T:
-        return orig(schedule, num_steps, spacing)
+        return _LIBRARY_MAKE_TIMESTEPS(schedule, num_steps, spacing)
     abar = schedule.alphas_bar.double()
     log_sigma = 0.5 * torch.log((1 - abar) / abar)  # = -lambda, increasing in t
-    hi = min(float(log_sigma[-1]), -LAMBDA_MIN)
-    lo = float(log_sigma[0])
+    lo, hi = float(log_sigma[0]), float(log_sigma[-1])
     if spacing == "logsnr":
         targets = torch.linspace(lo, hi, n, dtype=torch.float64)
     else:
@@ -84,15 +84,14 @@ def proposed_make_timesteps(
             (smin ** (1 / rho) + ramp * (smax ** (1 / rho) - smin ** (1 / rho))) ** rho
         ).log()
     ts = [int(torch.argmin((log_sigma - v).abs())) for v in targets]
-    ts[-1] = T - 1
     return sampling._distinct_descending(ts, T)
 
 
-_ORIGINAL_MAKE_TIMESTEPS = sampling.make_timesteps
+_LIBRARY_MAKE_TIMESTEPS = sampling.make_timesteps
 
 
 @torch.no_grad()
-def dpmpp_lower_order_final(
+def dpmpp_second_order_final(
     model: Callable[..., torch.Tensor],
     schedule: NoiseSchedule,
     x_T: torch.Tensor,
@@ -101,9 +100,10 @@ def dpmpp_lower_order_final(
     spacing: str = "logsnr",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The proposed DPM-Solver++(2M) change: the step *into* the last timestep is first order
-    when fewer than 15 steps are taken ("lower_order_final" of the DPM-Solver reference code and
-    diffusers). Otherwise the same update as ``ddpmkit.sampling.dpm_solver_pp_sample``."""
+    """The former DPM-Solver++(2M): second order on every step after the first,
+    including the step into the last timestep whatever the number of steps. Otherwise the same
+    update as ``ddpmkit.sampling.dpm_solver_pp_sample``, which is now first order on that step
+    below 15 steps."""
     del generator
     ts = sampling.make_timesteps(schedule, num_steps, spacing)
     x = x_T.float()
@@ -122,8 +122,7 @@ def dpmpp_lower_order_final(
             break
         ab_t, ab_s = sampling._abar(schedule, t), sampling._abar(schedule, s)
         h = lam(s) - lam(t)
-        first_order = x0_prev is None or (i + 2 == len(ts) and len(ts) < 15)
-        if first_order or x0_prev is None:
+        if x0_prev is None:
             d = x0
         else:
             r = h_prev / h
@@ -135,21 +134,21 @@ def dpmpp_lower_order_final(
 
 RUNNERS: dict[str, Callable[..., torch.Tensor]] = {
     **SAMPLERS,
-    "dpmpp, lower order final (proposed)": dpmpp_lower_order_final,
+    BEFORE_SAMPLER: dpmpp_second_order_final,
 }
 
 
 @contextlib.contextmanager
 def patched_timesteps(enabled: bool) -> Iterator[None]:
-    """Within the block the samplers use ``proposed_make_timesteps`` (if enabled)."""
+    """Within the block the samplers use ``unclipped_make_timesteps`` (if enabled)."""
     if not enabled:
         yield
         return
-    sampling.make_timesteps = proposed_make_timesteps
+    sampling.make_timesteps = unclipped_make_timesteps
     try:
         yield
     finally:
-        sampling.make_timesteps = _ORIGINAL_MAKE_TIMESTEPS
+        sampling.make_timesteps = _LIBRARY_MAKE_TIMESTEPS
 
 
 def evaluate(x: torch.Tensor, ref: torch.Tensor, means: torch.Tensor) -> dict[str, float]:
@@ -158,7 +157,7 @@ def evaluate(x: torch.Tensor, ref: torch.Tensor, means: torch.Tensor) -> dict[st
     return {"swd": swd, **stats}
 
 
-# (schedule, sampler key of RUNNERS, spacing or "(all)", proposed spacing?, steps)
+# (schedule, sampler key of RUNNERS, spacing or "(all)", unclipped spacing (before)?, steps)
 Config = tuple[str, str, str, bool, int]
 
 
@@ -189,11 +188,11 @@ def run(n: int, configs: list[Config]) -> list[Row]:
     ref = reference_set()
     x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
     rows: list[Row] = []
-    for schedule_name, sampler, spacing, proposed, k in configs:
+    for schedule_name, sampler, spacing, unclipped, k in configs:
         sched = NoiseSchedule.from_name(schedule_name, 1000)
         oracle = MixtureOracle(sched, means, STD)
         g = torch.Generator().manual_seed(5)  # the noise of the stochastic samplers
-        with patched_timesteps(proposed):
+        with patched_timesteps(unclipped):
             x = RUNNERS[sampler](
                 oracle,
                 sched,
@@ -206,7 +205,7 @@ def run(n: int, configs: list[Config]) -> list[Row]:
             {
                 "schedule": schedule_name,
                 "sampler": sampler,
-                "spacing": f"{spacing} (proposed)" if proposed else spacing,
+                "spacing": f"{spacing}, unclipped (before)" if unclipped else spacing,
                 "steps": k,
                 **evaluate(x, ref, means),
             }
@@ -250,21 +249,21 @@ def main_configs() -> list[Config]:
     return rows
 
 
-def proposal_configs() -> list[Config]:
+def change_configs() -> list[Config]:
+    """Each change next to the behaviour before it; a "(before)" row reverts only that change."""
     few = (5, 10, 20)
     rows: list[Config] = []
-    for sampler in ("ddim", "dpmpp"):
-        for spacing, proposed in [
+    for sampler in ("ddim", "dpmpp"):  # 1. lambda clip (cosine schedule)
+        for spacing, unclipped in [
             ("trailing", False),
-            ("logsnr", False),
             ("logsnr", True),
-            ("karras", False),
+            ("logsnr", False),
             ("karras", True),
+            ("karras", False),
         ]:
-            rows += [("cosine", sampler, spacing, proposed, k) for k in few]
-    lof = "dpmpp, lower order final (proposed)"
-    for spacing in ("logsnr", "quadratic", "karras", "linspace"):
-        for sampler in ("dpmpp", lof):
+            rows += [("cosine", sampler, spacing, unclipped, k) for k in few]
+    for spacing in SPACINGS:  # 2. lower order final (linear schedule: the clip changes nothing)
+        for sampler in (BEFORE_SAMPLER, "dpmpp"):
             rows += [("linear", sampler, spacing, False, k) for k in few]
     return rows
 
@@ -273,7 +272,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=4000, help="samples per row (default 4000)")
     ap.add_argument("--write-docs", action="store_true", help="rewrite the tables in the doc")
-    ap.add_argument("--no-proposed", action="store_true", help="skip the proposals table")
+    ap.add_argument(
+        "--no-changes", action="store_true", help="skip the table of the changes (before vs now)"
+    )
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: fastest for these small tensors)"
     )
@@ -281,9 +282,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     tables = {"linear": to_markdown(reference_rows(args.n, "linear") + run(args.n, main_configs()))}
-    if not args.no_proposed:
+    if not args.no_changes:
         refs = reference_rows(args.n, "both")
-        tables["proposals"] = to_markdown(refs + run(args.n, proposal_configs()), True)
+        tables["changes"] = to_markdown(refs + run(args.n, change_configs()), True)
     for name, table in tables.items():
         print(f"\n{name}\n{table}")
     print(f"\n{time.perf_counter() - start:.0f} s")

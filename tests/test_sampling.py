@@ -11,11 +11,13 @@ It is written here independently of ``ddpmkit.evaluation.oracle``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from ddpmkit.sampling import (
+    LAMBDA_MIN,
     NULL_LABEL,
     SPACINGS,
     StepInfo,
@@ -31,7 +33,9 @@ from ddpmkit.schedule import NoiseSchedule
 MU, STD = 1.5, 0.5
 
 
-def gaussian_eps(schedule: NoiseSchedule, mu: float = MU, s: float = STD):  # noqa: ANN201
+def gaussian_eps(
+    schedule: NoiseSchedule, mu: float = MU, s: float = STD
+) -> Callable[..., torch.Tensor]:
     abar = schedule.alphas_bar.double()
 
     def model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,6 +122,54 @@ def test_dpm_solver_pp_recovers_gaussian(schedule_name: str) -> None:
     assert float(x0.std()) == pytest.approx(STD, abs=TOL_STD + 0.02)
 
 
+def dpmpp_2m_reference(
+    schedule: NoiseSchedule, ts: list[int], x_T: torch.Tensor, lower_order_final: bool
+) -> torch.Tensor:
+    """DPM-Solver++(2M) written out in float64, in the (D0, D1) form of the DPM-Solver reference
+    code: with m0, m1 the last two x_0 estimates and r = h_prev / h,
+        x_s = (sigma_s/sigma_t) x_t - alpha_s (e^{-h} - 1) (D0 + D1/2),  D0 = m0,
+        D1 = (m0 - m1) / r  (0 on the first step, and on the step into ts[-1] when
+        ``lower_order_final``); the last timestep returns its x_0 estimate.
+    """
+    abar = schedule.alphas_bar.double()
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    lam = torch.log(alpha / sigma)
+    eps_model = gaussian_eps(schedule)
+    x = x_T.double()
+    m1: torch.Tensor | None = None
+    h1 = 0.0
+    for i, t in enumerate(ts):
+        eps = eps_model(x.float(), torch.full((x.shape[0],), t)).double()
+        m0 = (x - sigma[t] * eps) / alpha[t]
+        if i == len(ts) - 1:
+            return m0
+        s = ts[i + 1]
+        h = float(lam[s] - lam[t])
+        first_order = m1 is None or (lower_order_final and i == len(ts) - 2)
+        d1 = torch.zeros_like(m0) if first_order or m1 is None else (m0 - m1) / (h1 / h)
+        x = sigma[s] / sigma[t] * x - alpha[s] * math.expm1(-h) * (m0 + 0.5 * d1)
+        m1, h1 = m0, h
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+@pytest.mark.parametrize("spacing", ["logsnr", "quadratic", "karras"])
+def test_dpm_solver_pp_is_first_order_into_the_last_timestep_below_15_steps(
+    schedule_name: str, spacing: str
+) -> None:
+    s = NoiseSchedule.from_name(schedule_name, 1000)
+    x_T = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    for n in (2, 3, 5, 10, 14, 15, 20):
+        ts = make_timesteps(s, n, spacing)
+        got = dpm_solver_pp_sample(gaussian_eps(s), s, x_T, num_steps=n, spacing=spacing).double()
+        want = dpmpp_2m_reference(s, ts, x_T, lower_order_final=n < 15)
+        # float32 sampler vs float64 reference: up to 1e-4 apart (|x| < 3).
+        assert float((got - want).abs().max()) < 3e-4, n
+        if 3 <= n < 15:  # the switch matters: second order throughout is >= 3e-3 away here
+            other = dpmpp_2m_reference(s, ts, x_T, lower_order_final=False)
+            assert float((other - want).abs().max()) > 1e-3, n
+
+
 def test_ddpm_posterior_variance_option_also_recovers_gaussian() -> None:
     s = NoiseSchedule.from_name("linear", 1000)
     g = torch.Generator().manual_seed(3)
@@ -202,6 +254,59 @@ def test_timesteps_are_strictly_decreasing_in_range(spacing: str) -> None:
     assert full == list(range(99, -1, -1))
     with pytest.raises(ValueError, match="unknown spacing"):
         make_timesteps(NoiseSchedule.from_name("linear", 100), 10, "uniform")
+
+
+def half_log_snr(schedule: NoiseSchedule) -> torch.Tensor:
+    """lambda_t = log(alpha_t / sigma_t) = (log abar_t - log(1 - abar_t)) / 2, float64."""
+    abar = schedule.alphas_bar.double()
+    return 0.5 * (torch.log(abar) - torch.log1p(-abar))
+
+
+def nearest_steps(lam: torch.Tensor, targets: torch.Tensor) -> list[int]:
+    """For each target lambda, the timestep whose lambda is closest, in decreasing t."""
+    return sorted((int((lam - v).abs().argmin()) for v in targets), reverse=True)
+
+
+def test_logsnr_spacing_clips_lambda_on_the_cosine_schedule() -> None:
+    s = NoiseSchedule.from_name("cosine", 1000)
+    lam = half_log_snr(s)
+    # beta clipped at 0.999 on the last step: lambda drops from -6.5 to -9.9 there.
+    assert float(lam[-1]) < -9.5 and -7.0 < float(lam[-2]) < -6.0
+    ts = make_timesteps(s, 20, "logsnr")
+    assert ts[0] == 999 and ts[-1] == 0 and len(ts) == 20
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+    # Spread over lambda(T-1) = -9.9, 8 of 20 steps were at t >= 991 (signal below 1%).
+    assert sum(t >= 980 for t in ts) <= 4
+    # Targets uniform in lambda from lambda(0) down to LAMBDA_MIN = -5.1; the one at -5.1 is
+    # replaced by t = T-1 (x_T is drawn there), the others are their nearest integer steps.
+    assert LAMBDA_MIN == -5.1
+    targets = torch.linspace(float(lam[0]), -5.1, 20, dtype=torch.float64)
+    near = nearest_steps(lam, targets)
+    assert len(set(near)) == 20  # no rounding collisions to resolve at 20 steps
+    assert ts[1:] == near[1:]
+    assert 990 <= near[0] < 999  # the step that lambda = -5.1 rounds to
+    gap = float(targets[0] - targets[1])
+    for t, v in zip(ts[1:], targets.flip(0)[1:]):  # up to the rounding to integer steps
+        assert abs(float(lam[t]) - float(v)) < gap / 2
+
+
+@pytest.mark.parametrize("n", [5, 10, 20])
+def test_logsnr_and_karras_spacing_on_the_linear_schedule_use_its_whole_range(n: int) -> None:
+    # lambda(T-1) = -5.06 > LAMBDA_MIN: the clip does nothing; plain spacing over the full range.
+    s = NoiseSchedule.from_name("linear", 1000)
+    lam = half_log_snr(s)
+    assert -5.1 < float(lam[-1]) < -5.0
+    uniform = torch.linspace(float(lam[0]), float(lam[-1]), n, dtype=torch.float64)
+    want = nearest_steps(lam, uniform)
+    assert len(set(want)) == n and want[0] == 999
+    assert make_timesteps(s, n, "logsnr") == want
+    # Karras et al. Eq. 5 on sigma = exp(-lambda), rho = 7, over the same whole range.
+    smin, smax = math.exp(-float(lam[0])), math.exp(-float(lam[-1]))
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    sig = (smin ** (1 / 7) + ramp * (smax ** (1 / 7) - smin ** (1 / 7))) ** 7
+    want_k = nearest_steps(lam, -sig.log())
+    assert len(set(want_k)) == n and want_k[0] == 999
+    assert make_timesteps(s, n, "karras") == want_k
 
 
 def test_callback_reports_every_step() -> None:
