@@ -7,8 +7,8 @@ Attention is ``softmax(q k^T / sqrt(d)) v`` (Vaswani et al. 2017, Eq. 1) through
 ``torch.nn.functional.scaled_dot_product_attention``, with q, k, v laid out (B, heads, L, d),
 last dimension contiguous, *whatever the memory format of the feature map*: SDPA picks its kernel
 from the strides, and a layout-dependent choice would make NCHW and channels_last different
-programs (see :func:`attention` for the one exception made on purpose). Outputs are returned in
-the memory format of the input.
+programs (see :func:`attention` for the one exception made on purpose, by dtype and sequence
+length). Outputs are returned in the memory format of the input.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - older torch: SDPA chooses on its own
 __all__ = [
     "CrossAttention",
     "Downsample",
+    "MATH_KERNEL_MAX_LEN",
     "ResBlock",
     "SelfAttention",
     "Upsample",
@@ -44,19 +45,29 @@ def is_channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+# Longest sequence (max of query and key lengths) for which CPU training in bf16/fp16 uses the
+# math kernel; see :func:`attention`.
+MATH_KERNEL_MAX_LEN = 128
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Multi-head attention, (B, heads, Lq, d), (B, heads, Lk, d) x2 -> (B, heads, Lq, d).
 
     SDPA chooses the kernel, except for CPU training in bf16/fp16 (autograd recording, input
-    on CPU in reduced precision), where the math kernel is forced: measured with torch 2.13 on a
-    2-core AVX-512/AMX Xeon at the 7x7 maps of the Fashion-MNIST U-Net (L = 49, d = 16), the
-    fused CPU kernel's bf16 backward was ~2x slower than the math kernel's (while its forward,
-    and its fp32 forward and backward, were 2-5x faster; hence the narrow rule). The two compute
-    the same function; only speed differs.
+    on CPU in reduced precision) on short sequences (Lq and Lk at most
+    ``MATH_KERNEL_MAX_LEN`` = 128), where the math kernel is forced. Measured with torch 2.13,
+    forward + backward in bf16, one thread: on a 2-core AMD EPYC (Zen 4, AVX-512 BF16) the fused
+    CPU kernel took 2.8x the math kernel's time at L = 49 (the 7x7 maps of the Fashion-MNIST
+    U-Net), 2.9x at L = 64, 1.8x at L = 100, but 0.6x at L = 196 and 256 and 0.25x at L = 1024
+    (where the math kernel also materialises the L x L matrix); on the 2-core AVX-512/AMX Xeon
+    this rule was first measured on, the fused bf16 backward at L = 49 was ~2x slower too. The
+    fused kernel's forward alone (sampling) was 2-7x faster at every length, fp32 included,
+    hence the narrow rule. The two compute the same function; only speed differs.
     """
     reduced = q.dtype in (torch.bfloat16, torch.float16)
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    use_math = q.device.type == "cpu" and reduced and training and sdpa_kernel is not None
+    short = max(q.shape[-2], k.shape[-2]) <= MATH_KERNEL_MAX_LEN
+    use_math = q.device.type == "cpu" and reduced and training and short and sdpa_kernel is not None
     ctx = sdpa_kernel(SDPBackend.MATH) if use_math else contextlib.nullcontext()
     with ctx:
         return F.scaled_dot_product_attention(q, k, v)

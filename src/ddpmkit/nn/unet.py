@@ -8,6 +8,13 @@ Layout: conv_in -> per level ``num_res_blocks`` ResBlocks (+ self-attention at t
 feature-map sizes, + cross-attention to label tokens when ``conditioning`` includes "cross"),
 Downsample between levels -> middle ResBlock-Attention-ResBlock -> the mirror image with skip
 connections (concatenated) and Upsample -> GroupNorm-SiLU-conv_out (zero-initialised).
+
+Activation checkpointing (``UNet(cfg, checkpointing=True)``): while training with autograd
+recording, every ResBlock with its attention (the skip concatenation included on the way up) and
+the middle block run under ``torch.utils.checkpoint`` (non-reentrant): only their inputs are kept
+for the backward pass, which recomputes their insides. The same function and gradients (the RNG
+state, dropout included, and the autocast state are replayed), less memory, about one more
+forward pass of time. Evaluation and ``no_grad``/``inference_mode`` calls are unaffected.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ddpmkit.nn.blocks import (
     CrossAttention,
@@ -171,12 +179,17 @@ class UNet(nn.Module):
     width 4 * base_channels (Ho et al.); label embeddings and label tokens use the same width.
     Every parameter takes part in every forward pass (no unused parameters under DDP), also
     for ``y = None`` on a conditional model (the null class is a learned embedding).
+
+    ``checkpointing``: activation checkpointing while training (module docstring); a runtime
+    switch, not part of the architecture (same parameters, same state dict), also settable as
+    the attribute ``model.checkpointing``.
     """
 
-    def __init__(self, cfg: UNetConfig):
+    def __init__(self, cfg: UNetConfig, *, checkpointing: bool = False):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        self.checkpointing = checkpointing
         base, g = cfg.base_channels, cfg.groups
         emb_dim = 4 * base
         self.time_embed = TimeEmbedding(base, emb_dim)
@@ -246,18 +259,38 @@ class UNet(nn.Module):
             if self.label_tokens is not None:
                 tokens = self.label_tokens(y)  # (B, L, D)
         h = self.conv_in(x)
+        ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
         hs = [h]
         for mod in self.down:
-            h = mod(h) if isinstance(mod, Downsample) else mod(h, emb, tokens)
+            if isinstance(mod, Downsample):
+                h = mod(h)
+            elif ckpt:
+                h = checkpoint(mod, h, emb, tokens, use_reentrant=False)
+            else:
+                h = mod(h, emb, tokens)
             hs.append(h)
+        if ckpt:
+            h = checkpoint(self._middle, h, emb, tokens, use_reentrant=False)
+        else:
+            h = self._middle(h, emb, tokens)
+        for mod in self.up:
+            if isinstance(mod, Upsample):
+                h = mod(h)
+            elif ckpt:  # the concatenation inside: its output is not kept either
+                h = checkpoint(_cat_level, mod, h, hs.pop(), emb, tokens, use_reentrant=False)
+            else:
+                h = _cat_level(mod, h, hs.pop(), emb, tokens)
+        return self.out(h)
+
+    def _middle(self, h: Tensor, emb: Tensor, tokens: Tensor | None) -> Tensor:
         h = self.mid1(h, emb)
         h = self.mid_attn(h)
         if self.mid_cross is not None and tokens is not None:
             h = self.mid_cross(h, tokens)
-        h = self.mid2(h, emb)
-        for mod in self.up:
-            if isinstance(mod, Upsample):
-                h = mod(h)
-            else:
-                h = mod(torch.cat([h, hs.pop()], dim=1), emb, tokens)
-        return self.out(h)
+        return self.mid2(h, emb)
+
+
+def _cat_level(
+    mod: nn.Module, h: Tensor, skip: Tensor, emb: Tensor, tokens: Tensor | None
+) -> Tensor:
+    return mod(torch.cat([h, skip], dim=1), emb, tokens)
