@@ -7,8 +7,11 @@ import os
 import pytest
 import torch
 
-# Two threads match the CI machine and keep timings stable.
-torch.set_num_threads(int(os.environ.get("DDPMKIT_TEST_THREADS", "2")))
+# The CI machine has 2 cores. Under pytest-xdist (-n 2) each worker gets one thread so the two
+# workers do not oversubscribe the cores; a plain pytest run uses both. DDPMKIT_TEST_THREADS
+# overrides either.
+_default_threads = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+torch.set_num_threads(int(os.environ.get("DDPMKIT_TEST_THREADS", _default_threads)))
 
 
 @pytest.fixture

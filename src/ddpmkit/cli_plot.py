@@ -246,7 +246,10 @@ def _reverse(args: argparse.Namespace) -> Path:
     seeds = [args.seed + i for i in range(n)]  # as ddpm sample: sample i is the same image
     x_T = initial_noise((n, *shape), seeds=seeds)
     bf16 = meta.get("precision") == "bf16"
-    extra: dict[str, Any] = {} if is_toy else {"clip_x0": 1.0}
+    from ddpmkit.training.build import x0_clip_from_meta
+
+    clip = x0_clip_from_meta(meta["data"])
+    extra: dict[str, Any] = {} if clip is None else {"clip_x0": clip}
     with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
         SAMPLERS[sampler](
             model, sched, x_T, num_steps=steps, y=y, guidance_scale=args.guidance,

@@ -45,14 +45,21 @@ def sample_images(
     bf16: bool,
     seed: int = PREVIEW_SEED,
     callback: Callable[[StepInfo], None] | None = None,
+    clip_x0: float | None = None,
 ) -> Tensor:
-    """Draw n samples with the run's preview sampler; returns float32 on the CPU."""
+    """Draw n samples with the run's preview sampler; returns float32 on the CPU.
+
+    ``clip_x0`` bounds the x_0 estimates (``TrainData.x0_range``); None: 1.0 for images, no
+    clipping otherwise.
+    """
     device = next(model.parameters()).device
     x_T = initial_noise((n, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
     sampler = SAMPLERS[cfg.sample.sampler]
     kwargs: dict[str, object] = {}
-    if len(shape) == 3:  # images live in [-1, 1]: clip the x_0 estimate there
-        kwargs["clip_x0"] = 1.0
+    if clip_x0 is None and len(shape) == 3:  # images live in [-1, 1]
+        clip_x0 = 1.0
+    if clip_x0 is not None:
+        kwargs["clip_x0"] = clip_x0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     was_training = model.training
     model.eval()
@@ -101,7 +108,9 @@ def write_preview(
     else:
         y, n = None, cfg.sample.num
         nrow = max(1, int(round(n**0.5)))
-    x = sample_images(model, sched, cfg, data.sample_shape, n, y=y, bf16=bf16)
+    x = sample_images(
+        model, sched, cfg, data.sample_shape, n, y=y, bf16=bf16, clip_x0=data.x0_range
+    )
     u8 = to_uint8(x)
     path = out_dir / f"step_{step:08d}.png"
     upscale = max(1, 64 // data.sample_shape[1])
@@ -135,8 +144,9 @@ def _toy_preview(
         rec = TrajectoryRecorder(num_snapshots=10, max_items=n)
     # One sampling pass with the run's sampler gives both the samples and the trajectory.
     samples = sample_images(
-        model, sched, cfg, data.sample_shape, n, y=None, bf16=False, callback=rec
-    )
+        model, sched, cfg, data.sample_shape, n, y=None, bf16=False, callback=rec,
+        clip_x0=data.x0_range,
+    )  # fmt: skip
     path = out_dir / f"step_{step:08d}.png"
     plot_data_vs_samples(ref, samples, path, title=f"{cfg.data.name}: step {step}")
     files = [path]

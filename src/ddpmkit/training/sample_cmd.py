@@ -15,7 +15,7 @@ from torch import nn
 
 from ddpmkit.sampling import SAMPLERS, SPACINGS, initial_noise
 from ddpmkit.schedule import NoiseSchedule
-from ddpmkit.training.build import load_weights, model_from_meta
+from ddpmkit.training.build import load_weights, model_from_meta, x0_clip_from_meta
 from ddpmkit.training.checkpoint import CheckpointError, _read_tensors, resolve_model_path
 from ddpmkit.training.config import ConfigError, RunConfig
 
@@ -89,8 +89,9 @@ def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> 
     extra: dict[str, Any] = {}
     if args.sampler == "ddim":
         extra["eta"] = args.eta
-    if len(shape) == 3:  # images live in [-1, 1]: clip every sampler's x_0 estimate there
-        extra["clip_x0"] = 1.0
+    clip = x0_clip_from_meta(data)  # images: [-1, 1]; toys: the training data's range
+    if clip is not None:
+        extra["clip_x0"] = clip
     chunks = []
     for lo in range(0, n, args.batch_size):
         hi = min(n, lo + args.batch_size)
