@@ -28,7 +28,7 @@ from ddpmkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-RUNNABLE = [ROOT / "docs" / "tour.md", ROOT / "README.md"]
+RUNNABLE = [ROOT / "docs" / "tour.md", ROOT / "docs" / "evaluation.md", ROOT / "README.md"]
 TOYS = ("s_curve", "moons", "swiss_roll", "eight_gaussians")
 
 # Added to `ddpm train` of an image model (not on --resume: the run's saved config is reused).
@@ -95,10 +95,18 @@ def shrink(args: list[str], user_images: Path) -> list[str]:
             for kv in SMALL_TOY if toy else SMALL_NET:
                 args += ["--set", kv]
         return args
-    if args[0] == "sample":
-        return _set(_set(args, "--num", "2"), "--steps", "3")
+    if args[0] == "sample":  # 4: the fewest samples `ddpm eval` accepts (k-NN with k = 3)
+        return _set(_set(args, "--num", "4"), "--steps", "3")
     if args[:2] == ["plot", "reverse"]:
         return _set(_set(args, "--num", "2"), "--steps", "3")
+    if args[0] == "eval":  # few samples and reference images; the memorisation scan is skipped
+        flags = [("--ref-num", "64"), ("--memorisation", "0"), ("--cache-dir", "eval_cache")]
+        if args[1].startswith("runs/"):  # a model: it samples first
+            flags += [("--num", "8"), ("--steps", "3"), ("--bpd-images", "2"),
+                      ("--bpd-timesteps", "2")]  # fmt: skip
+        for flag, value in flags:
+            args = _set(args, flag, value)
+        return args
     return args
 
 
@@ -119,7 +127,7 @@ def test_docs_have_commands() -> None:
 def test_shrink_rewrites_heavy_arguments() -> None:
     imgs = Path("/data/imgs")
     small = shrink(["sample", "r", "--num", "64", "--steps", "50", "--out", "s"], imgs)
-    assert small == ["sample", "r", "--num", "2", "--steps", "3", "--out", "s"]
+    assert small == ["sample", "r", "--num", "4", "--steps", "3", "--out", "s"]
     small = shrink(["train", "--set", 'data.root="~/my pics"', "--steps", "9000"], imgs)
     assert small[:5] == ["train", "--set", 'data.root="/data/imgs"', "--steps", "4"]
     assert "model.base_channels=16" in small
