@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ddpmkit.data.download import cache_dir
 from ddpmkit.evaluation.metrics import feature_statistics
+from ddpmkit.training.checkpoint import fsync_dir
 
 __all__ = [
     "CACHE_FORMAT",
@@ -108,19 +109,6 @@ def cache_key(fingerprint: str, extractor_id: str) -> str:
     return _sha256_bytes(blob.encode())[:32]
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -131,7 +119,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def save_cached(folder: Path, key: str, stats: RefStats) -> Path:
