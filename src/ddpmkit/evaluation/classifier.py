@@ -25,7 +25,6 @@ classifier :class:`~ddpmkit.data.images.DatasetError` (both ``ValueError``, one-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from torch import Tensor, nn
 
 from ddpmkit.data.download import cache_dir
 from ddpmkit.data.images import DatasetError, to_model_range
-from ddpmkit.training.checkpoint import CheckpointError
+from ddpmkit.training.checkpoint import CheckpointError, file_sha256
 
 __all__ = [
     "CLASSIFIER_DATASETS",
@@ -157,15 +156,6 @@ def user_classifier_path(dataset: str) -> Path:
 def classifier_meta_path(weights: Path) -> Path:
     """The JSON that describes a weights file: same name, ``.json`` suffix."""
     return Path(weights).with_suffix(".json")
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ddpmkit.data.download import cache_dir
 from ddpmkit.evaluation.metrics import feature_statistics
-from ddpmkit.training.checkpoint import fsync_dir
+from ddpmkit.training.checkpoint import file_sha256, fsync_dir
 
 __all__ = [
     "CACHE_FORMAT",
@@ -76,14 +76,6 @@ def default_cache_dir() -> Path:
 
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def extractor_identity(name: str, features_of: FeatureFn, image_shape: tuple[int, ...]) -> str:
@@ -132,7 +124,7 @@ def save_cached(folder: Path, key: str, stats: RefStats) -> Path:
     }
     st_path = folder / f"{key}.safetensors"
     _atomic_write(st_path, lambda p: save_file(tensors, str(p)))
-    info = {**stats.info, "format": CACHE_FORMAT, "sha256": _sha256_file(st_path)}
+    info = {**stats.info, "format": CACHE_FORMAT, "sha256": file_sha256(st_path)}
 
     def write_json(p: Path) -> None:
         p.write_text(json.dumps(info, indent=1, sort_keys=True), encoding="utf-8")
@@ -155,7 +147,7 @@ def load_cached(folder: Path, key: str, expect: dict[str, Any]) -> RefStats | No
             return None
         if any(info.get(k) != v for k, v in expect.items()):
             return None
-        if _sha256_file(st) != info.get("sha256"):
+        if file_sha256(st) != info.get("sha256"):
             return None
         t = load_file(str(st))
         feats, mu, cov = t["features"], t["mu"], t["cov"]

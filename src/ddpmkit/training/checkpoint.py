@@ -88,7 +88,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -160,7 +161,7 @@ def save_checkpoint(
             path = tmp / f"{name}.safetensors"
             save_file(_contiguous(tensors), str(path))
             _fsync_file(path)
-            hashes[name] = _sha256(path)
+            hashes[name] = file_sha256(path)
         state = {
             "format_version": FORMAT_VERSION,
             "step": step,
@@ -238,7 +239,7 @@ class LoadedCheckpoint:
 def _read_tensors(path: Path, expected_sha: str | None) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: file is missing; the checkpoint is incomplete")
-    if expected_sha is not None and _sha256(path) != expected_sha:
+    if expected_sha is not None and file_sha256(path) != expected_sha:
         raise CheckpointError(
             f"{path}: contents do not match the checksum in state.json (truncated or corrupted)"
         )
@@ -297,7 +298,7 @@ def save_model_export(out_dir: Path, weights: Mapping[str, Tensor], meta: dict[s
     try:
         save_file(_contiguous(weights), str(tmp))
         _fsync_file(tmp)
-        sha = _sha256(tmp)
+        sha = file_sha256(tmp)
         os.replace(tmp, out_dir / "model.safetensors")
     finally:
         if tmp.exists():
