@@ -46,7 +46,20 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "samplers.md"
 BEGIN, END = "<!-- fashion-table:begin -->", "<!-- fashion-table:end -->"
 RESULTS = Path(__file__).resolve().parent / "results" / "fd_vs_steps_fashion_mnist.json"
 STEPS = (5, 10, 20, 50)
-DEFAULT_SPACING = {"ddpm": "trailing", "ddim": "trailing", "dpmpp": "logsnr"}
+DEFAULT_SPACING = {
+    "ddpm": "trailing",
+    "ddim": "trailing",
+    "dpmpp": "logsnr",
+    "dpmpp-sde": "logsnr",
+    "dpmpp-noclip": "logsnr",
+}
+# Rows that are a sampler of ddpmkit.sampling with options: name -> (sampler, extra kwargs).
+# dpmpp-sde: SDE-DPM-Solver++(2M) (eta = 1); dpmpp-noclip: without clipping x_0 to [-1, 1], to
+# isolate what clipping is worth (diffusers' DPM-Solver++ does not clip unless thresholding).
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    "dpmpp-sde": ("dpmpp", {"eta": 1.0}),
+    "dpmpp-noclip": ("dpmpp", {"clip_x0": None}),
+}
 
 Row = dict[str, object]
 
@@ -81,7 +94,8 @@ def diffusers_sample(
     Spacing: diffusers' defaults (DDIM "leading", DPM-Solver "linspace") and, as ``-trailing``,
     the "trailing" spacing; ``diffusers-dpmpp-clipped`` sets ``lambda_min_clipped = -5.1``, the
     value diffusers recommends for cosine schedules (without it, its DPM-Solver++ fails on this
-    schedule's last step, abar = 2.4e-9).
+    schedule's last step, abar = 2.4e-9); ``diffusers-dpmpp-clipx0`` adds x_0 clipping to
+    [-1, 1] through its thresholding switch, which isolates what clipping is worth.
     """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
@@ -99,8 +113,12 @@ def diffusers_sample(
         s = DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=False)
     else:
         extra: dict[str, object] = {}
-        if kind.endswith("-clipped"):  # diffusers' advice for cosine schedules
+        if kind.endswith("-clipped") or kind.endswith("-clipx0"):  # advice for cosine schedules
             extra["lambda_min_clipped"] = -5.1
+        if kind.endswith("-clipx0"):
+            # Dynamic thresholding with ratio 1 and sample_max_value 1: the threshold is
+            # clamp(max |x_0|, 1, 1) = 1, i.e. x_0 clipped to [-1, 1] exactly as ours.
+            extra.update(thresholding=True, dynamic_thresholding_ratio=1.0, sample_max_value=1.0)
         s = DPMSolverMultistepScheduler(
             **common, algorithm_type="dpmsolver++", solver_order=2, **extra
         )
@@ -133,10 +151,11 @@ def draw(
                 eps = guided_eps(model, y[sl], guidance)
                 x = diffusers_sample(sampler, eps, sched, x_T, steps)
             else:
-                kwargs: dict[str, object] = {"clip_x0": 1.0, "spacing": spacing}
-                if sampler == "ddpm":
+                base, extra = VARIANTS.get(sampler, (sampler, {}))
+                kwargs: dict[str, object] = {"clip_x0": 1.0, "spacing": spacing, **extra}
+                if base == "ddpm" or kwargs.get("eta"):
                     kwargs["seeds"] = [s + 10**6 for s in seeds[sl]]
-                x = SAMPLERS[sampler](
+                x = SAMPLERS[base](
                     model, sched, x_T, num_steps=steps, y=y[sl], guidance_scale=guidance, **kwargs
                 )
         out.append(x.float())

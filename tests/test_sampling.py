@@ -122,6 +122,47 @@ def test_dpm_solver_pp_recovers_gaussian(schedule_name: str) -> None:
     assert float(x0.std()) == pytest.approx(STD, abs=TOL_STD + 0.02)
 
 
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [20, 50])
+def test_sde_dpm_solver_pp_recovers_gaussian(schedule_name: str, steps: int) -> None:
+    # eta = 1: SDE-DPM-Solver++(2M). Stochastic, so both the sampler's bias and the draw's noise
+    # are in the error; same tolerance as the ODE solver at 20 steps.
+    s = NoiseSchedule.from_name(schedule_name, 1000)
+    g = torch.Generator().manual_seed(1)
+    x_T = torch.randn(N, D, generator=g)
+    x0 = dpm_solver_pp_sample(gaussian_eps(s), s, x_T, num_steps=steps, eta=1.0, generator=g)
+    assert float(x0.mean()) == pytest.approx(MU, abs=TOL_MEAN)
+    assert float(x0.std()) == pytest.approx(STD, abs=TOL_STD + 0.02)
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "trailing"])
+def test_sde_dpm_solver_pp_first_order_step_is_the_ddpm_posterior_step(spacing: str) -> None:
+    # Independent derivation: with eta = 1 the first-order step t -> s,
+    #   (sigma_s/sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) x0 + sigma_s sqrt(1 - e^{-2h}) z,
+    # has e^{-h} = alpha_t sigma_s / (sigma_t alpha_s), so its coefficients are those of the
+    # posterior q(x_s | x_t, x0) (Ho et al. Eq. 7 for the respaced chain) and its variance is
+    # beta~ = (1 - abar_s)/(1 - abar_t) (1 - abar_t/abar_s). With two steps the sampler takes
+    # exactly one such step and then returns x0: DDPM with the posterior variance, same seeds.
+    s = NoiseSchedule.from_name("cosine", 1000)
+    x_T = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    seeds = list(range(16))
+    sde = dpm_solver_pp_sample(
+        gaussian_eps(s), s, x_T, num_steps=2, spacing=spacing, eta=1.0, seeds=seeds
+    )
+    ddpm = ddpm_sample(
+        gaussian_eps(s), s, x_T, num_steps=2, spacing=spacing, variance="posterior", seeds=seeds
+    )
+    torch.testing.assert_close(sde, ddpm, atol=1e-5, rtol=1e-5)
+    ode = dpm_solver_pp_sample(gaussian_eps(s), s, x_T, num_steps=2, spacing=spacing)
+    assert float((ode - sde).abs().max()) > 1e-2  # the noise is really there
+
+
+def test_dpm_solver_pp_rejects_eta_outside_0_1() -> None:
+    s = NoiseSchedule.from_name("linear", 100)
+    with pytest.raises(ValueError, match="eta must be in"):
+        dpm_solver_pp_sample(gaussian_eps(s), s, torch.zeros(2, 2), eta=1.5)
+
+
 def dpmpp_2m_reference(
     schedule: NoiseSchedule, ts: list[int], x_T: torch.Tensor, lower_order_final: bool
 ) -> torch.Tensor:

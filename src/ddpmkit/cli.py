@@ -71,7 +71,12 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="timestep spacing (default: logsnr for dpmpp, trailing otherwise)",
     )
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]")
+    p.add_argument(
+        "--eta",
+        type=float,
+        default=0.0,
+        help="noise in [0, 1]: DDIM eta; for dpmpp, eta > 0 is SDE-DPM-Solver++(2M)",
+    )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale w")
     p.add_argument(
         "--label",

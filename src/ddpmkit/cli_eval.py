@@ -92,7 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--spacing", default=None, help="timestep spacing (default logsnr for dpmpp, else trailing)"
     )
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0)")
+    p.add_argument(
+        "--eta", type=float, default=None, help="noise in [0, 1] for ddim and dpmpp (default 0)"
+    )
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     p.add_argument("--seed", type=int, default=None, help="sample i uses seed + i (default 0)")
@@ -535,7 +537,7 @@ def _draw(
         if has_labels
         else "unconditional",
     }
-    if s["sampler"] != "ddim":
+    if s["sampler"] not in ("ddim", "dpmpp"):
         info.pop("eta")
     return x, labels if has_labels else None, info
 

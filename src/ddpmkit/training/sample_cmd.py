@@ -87,8 +87,8 @@ def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     sampler = SAMPLERS[args.sampler]
     extra: dict[str, Any] = {}
-    if args.sampler == "ddim":
-        extra["eta"] = args.eta
+    if args.sampler in ("ddim", "dpmpp"):
+        extra["eta"] = args.eta  # dpmpp: eta > 0 is SDE-DPM-Solver++(2M)
     clip = x0_clip_from_meta(data)  # images: [-1, 1]; toys: the training data's range
     if clip is not None:
         extra["clip_x0"] = clip

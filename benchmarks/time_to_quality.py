@@ -1,0 +1,173 @@
+"""Time to quality: diffusers' unconditional example recipe on Fashion-MNIST, for a time budget.
+
+The other half of the race is ``ddpm train`` itself (the default preset). Run both side by side,
+one thread each, so they share the machine equally, then score both with ``ddpm eval``:
+
+    .venv/bin/ddpm train --out runs/race_ours --set train.num_threads=1 &
+    .venv/bin/python benchmarks/time_to_quality.py train --out runs/race_diffusers --threads 1
+    .venv/bin/python benchmarks/time_to_quality.py sample runs/race_diffusers --num 1000 \\
+        --steps 50 --out runs/race_diffusers/ddim50.npz
+    .venv/bin/ddpm eval runs/race_diffusers/ddim50.npz --dataset fashion_mnist --out ...
+    .venv/bin/ddpm eval runs/race_ours --num 1000 --guidance 1 --out ...
+
+``train`` runs the training step of diffusers'
+``examples/unconditional_image_generation/train_unconditional.py`` with its defaults (the same
+step as ``steps.theirs``, see there): ``UNet2DModel`` with block_out_channels (32, 64, 128),
+attention at 7x7, one layer per block (2.73M parameters, the smallest at these widths),
+``DDPMScheduler(1000, "linear")``, fp32, AdamW(lr 1e-4, betas 0.95/0.999, weight decay 1e-6),
+cosine LR schedule with 500 warm-up steps over the example's 100 epochs, grad-norm clip 1,
+random horizontal flips (as our preset), batch 128 (the issue's configuration; the example's
+default is 16). The example's EMA is off by default; we keep an EMA with its ``--use_ema``
+settings (``EMAModel`` warm-up: decay 1 - (1 + step)^-3/4, at most 0.9999) on the side and save
+both weights, so the comparison can use whichever is better for diffusers.
+
+``sample`` draws with diffusers' own ``DDIMScheduler`` (the example's pipeline uses 1000 DDPM
+steps; DDIM at 50-100 steps is the usual cheaper choice and what fits here) and writes an
+``.npz`` that ``ddpm eval`` reads (uint8 ``images``).
+
+Needs the optional dependency ``pip install -e .[bench]`` (diffusers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from steps import diffusers_unet
+from torch import nn
+
+from ddpmkit.data.images import from_model_range, to_model_range
+from ddpmkit.data.registry import load_dataset
+
+BATCH = 128
+EPOCHS = 100  # the example's default --num_epochs: the horizon of its cosine LR schedule
+
+
+def ema_decay(step: int, max_decay: float = 0.9999, power: float = 0.75) -> float:
+    """diffusers ``EMAModel`` warm-up decay: 1 - (1 + step)^-power, capped at ``max_decay``."""
+    if step <= 0:
+        return 0.0
+    return min(max_decay, 1.0 - (1.0 + step) ** -power)
+
+
+def train(args: argparse.Namespace) -> None:
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    data = load_dataset("fashion_mnist", split="train").images  # uint8 (60000, 1, 28, 28)
+    model = diffusers_unet(1, 28, (32, 64, 128), (False, False, True), 1)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8
+    )
+    total = EPOCHS * math.ceil(len(data) / BATCH)
+    lr_scheduler = get_scheduler(
+        "cosine", optimizer=opt, num_warmup_steps=500, num_training_steps=total
+    )
+    gen = torch.Generator().manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "log.jsonl").open("w")
+    t0 = time.perf_counter()
+    deadline = t0 + 60 * args.minutes
+    step = 0
+    while time.perf_counter() < deadline:
+        model.train()
+        idx = torch.randint(0, len(data), (BATCH,), generator=gen)
+        flip = torch.rand(BATCH, generator=gen) < 0.5
+        clean = to_model_range(data[idx])
+        clean = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
+        noise = torch.randn(clean.shape, generator=gen)
+        timesteps = torch.randint(0, 1000, (BATCH,), generator=gen).long()
+        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+        loss = F.mse_loss(model(noisy, timesteps).sample.float(), noise.float())
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        lr_scheduler.step()
+        opt.zero_grad()
+        step += 1
+        d = ema_decay(step)
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1.0 - d)
+        if step % 50 == 0:
+            rec = {"step": step, "loss": loss.item(), "elapsed_s": time.perf_counter() - t0}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+    elapsed = time.perf_counter() - t0
+    torch.save(model.state_dict(), out / "raw.pt")
+    torch.save(ema.state_dict(), out / "ema.pt")
+    summary = {
+        "steps": step,
+        "images_seen": step * BATCH,
+        "elapsed_s": elapsed,
+        "threads": args.threads,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+@torch.inference_mode()
+def sample(args: argparse.Namespace) -> None:
+    from diffusers import DDIMScheduler
+
+    torch.set_num_threads(args.threads)
+    model = diffusers_unet(1, 28, (32, 64, 128), (False, False, True), 1)
+    model.load_state_dict(torch.load(Path(args.run) / f"{args.weights}.pt", weights_only=True))
+    model.eval()
+    sched = DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", timestep_spacing=args.spacing
+    )
+    sched.set_timesteps(args.steps)
+    gen = torch.Generator().manual_seed(args.seed)
+    chunks = []
+    for start in range(0, args.num, args.batch):
+        n = min(args.batch, args.num - start)
+        x = torch.randn((n, 1, 28, 28), generator=gen)
+        for t in sched.timesteps:
+            eps = model(x, t.expand(n)).sample
+            x = sched.step(eps, t, x).prev_sample  # eta 0, clip_sample (diffusers default)
+        chunks.append(from_model_range(x))
+    images = torch.cat(chunks).numpy().astype(np.uint8)
+    np.savez(args.out, images=images)
+    print(f"{args.out}: {images.shape}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--out", required=True)
+    t.add_argument("--minutes", type=float, default=15.0)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=train)
+    s = sub.add_parser("sample")
+    s.add_argument("run")
+    s.add_argument("--weights", choices=("raw", "ema"), default="ema")
+    s.add_argument("--num", type=int, default=1000)
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--spacing", default="trailing", choices=("leading", "trailing", "linspace"))
+    s.add_argument("--batch", type=int, default=250)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(fn=sample)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
