@@ -4,12 +4,13 @@
   pooling) trained per dataset by ``scripts/train_classifier.py``. Its penultimate features
   (``feature_dim`` = 128, after global average pooling) feed the Frechet distance and
   precision/recall of :mod:`ddpmkit.evaluation.metrics`; its softmax feeds the Inception-Score
-  analogue and the conditional accuracy. Weights for ``fashion_mnist`` and ``digits`` ship with
-  the package (``ddpmkit/weights/<dataset>_classifier.safetensors``, float16, ~190 KB) next to a
-  JSON with the architecture, the measured test accuracy, the training command and the SHA-256
-  of the tensor file. MNIST weights are not shipped: ``python scripts/train_classifier.py mnist``
-  writes them to the user cache (``$DDPMKIT_CACHE/classifiers``, default
-  ``~/.cache/ddpmkit/classifiers``), where :func:`load_classifier` looks second.
+  analogue and the conditional accuracy. Weights for ``fashion_mnist``, ``mnist`` and ``digits``
+  ship with the package (``ddpmkit/weights/<dataset>_classifier.safetensors``, float16, ~0.5 MB)
+  next to a JSON with the architecture, the measured test accuracy and its test split, the
+  training command and the SHA-256 of the tensor file (the MNIST one: trained on 8,000 MNIST
+  training images, tested on 2,000 held out; see ``scripts/train_classifier.py``). Weights
+  trained with ``--out`` in the user cache (``$DDPMKIT_CACHE/classifiers``, default
+  ``~/.cache/ddpmkit/classifiers``) are where :func:`load_classifier` looks second.
 * :func:`generic_extractor`: for any other images, a fixed random-weight CNN that needs no
   download. Its weights come from a seeded ``torch.Generator`` on the CPU, so every machine builds
   the same network. Random convolutional features are a known-usable but weaker substitute for
