@@ -105,6 +105,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     time_limit_min: float = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    # auto (on for CUDA) | on | off: no host-device synchronisation in the step loop; a
+    # non-finite step is skipped on the device and the stop rule is checked at log steps
+    sync_free: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,7 @@ def validate_config(cfg: RunConfig) -> RunConfig:
     _check_choice("train.precision", tr.precision, ("auto", "fp32", "bf16"))
     _check_choice("train.lr_decay", tr.lr_decay, ("none", "cosine"))
     _check_choice("train.channels_last", tr.channels_last, ("auto", "on", "off"))
+    _check_choice("train.sync_free", tr.sync_free, ("auto", "on", "off"))
     _check_choice("sample.sampler", s.sampler, ("ddpm", "ddim", "dpmpp"))
     from ddpmkit.sampling import SPACINGS
 

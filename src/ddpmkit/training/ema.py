@@ -39,12 +39,20 @@ class EMA:
         return self.decay * min(1.0, self.num_updates / self.warmup)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average one step towards ``model``'s current weights."""
+    def update(self, model: nn.Module, weight: Tensor | None = None) -> None:
+        """Move the average one step towards ``model``'s current weights.
+
+        ``weight``: an optional 0-d tensor (1 = update, 0 = stay) multiplying the step, so a
+        caller can skip an update on the device without reading a value on the host.
+        """
         d = self.current_decay()
         ema_params: list[Tensor] = list(self.model.parameters())
         params: list[Tensor] = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        if weight is None:
+            torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        else:
+            # a 0-d tensor weight: supported by torch, not by its type stubs
+            torch._foreach_lerp_(ema_params, params, weight * (1.0 - d))  # type: ignore[call-overload]
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
             b_ema.copy_(b)
         self.num_updates += 1

@@ -79,6 +79,21 @@ def _use_channels_last(cfg: RunConfig, data: TrainData) -> bool:
     return False
 
 
+def _use_sync_free(cfg: RunConfig, device: torch.device) -> bool:
+    """Whether the step loop avoids host-device synchronisation (see ``train.sync_free``).
+
+    The synchronous loop reads ``isfinite(grad norm)`` on the host every step to skip a bad
+    update, which on a GPU stalls the CPU until the queued kernels have run. The sync-free loop
+    keeps that decision on the device: fused AdamW skips its update when its ``found_inf`` flag
+    is set (as under ``torch.amp.GradScaler``), the EMA moves by 0, and the consecutive-bad
+    counter is a device tensor read at log steps. On a CPU both are the same speed, so "auto"
+    keeps the simpler synchronous loop there.
+    """
+    if cfg.train.sync_free == "on":
+        return True
+    return cfg.train.sync_free == "auto" and device.type == "cuda"
+
+
 def _lr_at(cfg: RunConfig, step: int) -> float:
     """Linear warm-up to train.lr over warmup_steps, then constant or cosine decay to 0."""
     tr = cfg.train
@@ -221,8 +236,13 @@ def train(
     _preflight(model, data, device)
     bf16 = _use_bf16(cfg, device, data)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
+    sync_free = _use_sync_free(cfg, device)
     opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=(0.9, 0.99)
+        model.parameters(),
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        betas=(0.9, 0.99),
+        fused=True if sync_free else None,  # fused AdamW: the only one that takes found_inf
     )
     gen = torch.Generator().manual_seed(cfg.train.seed)
     step = 0
@@ -257,7 +277,9 @@ def train(
         log(
             f"training {cfg.model.kind} ({n_params / 1e6:.2f}M parameters) on {data.source}, "
             f"{'bf16 autocast' if bf16 else 'fp32'}"
-            f"{', channels_last' if channels_last else ''}, {dist.world_size} process(es), "
+            f"{', channels_last' if channels_last else ''}"
+            f"{', sync-free step loop (fused AdamW)' if sync_free else ''}, "
+            f"{dist.world_size} process(es), "
             f"run folder {run_dir}"
         )
 
@@ -302,6 +324,35 @@ def train(
     q_sum = torch.zeros(4, device=device)
     q_cnt = torch.zeros(4, device=device)
     n_acc, bad_steps, last_loss, interrupted = 0, 0, float("nan"), False
+    # sync-free loop: device counters (consecutive bad steps, bad and good steps since the log)
+    bad_run = torch.zeros((), dtype=torch.long, device=device)
+    bad_since_log = torch.zeros((), dtype=torch.long, device=device)
+    good_since_log = torch.zeros((), device=device)
+
+    def safe_to_save() -> bool:
+        """Sync-free loop: the stop rule, then whether the weights are finite (a bad streak
+        shorter than max_bad_steps may follow an update that made them infinite). The
+        synchronous loop never reaches a save with bad weights."""
+        if not sync_free:
+            return True
+        stop_on_bad(int(bad_run), step)
+        return weights_finite()
+
+    def stop_on_bad(n_bad: int, at_step: int) -> None:
+        """After ``train.max_bad_steps`` non-finite steps in a row: keep the last good state."""
+        if n_bad < cfg.train.max_bad_steps:
+            return
+        # Skipped steps never changed the weights; if they are still finite they are the last
+        # good state, else the newest checkpoint on disk is.
+        if weights_finite():
+            save(at_step)
+        last = ckpt.find_latest(run_dir)
+        where = f"last good checkpoint: {last}" if last else "no good checkpoint"
+        raise TrainingError(
+            f"the loss was non-finite for {n_bad} consecutive steps at step "
+            f"{at_step}; stopped ({where}); lower train.lr or check the data"
+        )
+
     t_log = time.perf_counter()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     try:
@@ -347,32 +398,40 @@ def train(
             # too: a non-finite loss on any rank makes the global gradient norm non-finite.
             max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
             gnorm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            if not (torch.isfinite(gnorm) and torch.isfinite(step_loss)):
-                bad_steps += 1
-                opt.zero_grad(set_to_none=True)
-                log(f"step {step}: non-finite loss, step skipped ({bad_steps} in a row)")
-                if bad_steps >= cfg.train.max_bad_steps:
-                    # Skipped steps never changed the weights; if they are still finite they
-                    # are the last good state, else the newest checkpoint on disk is.
-                    if weights_finite():
-                        save(step)
-                    last = ckpt.find_latest(run_dir)
-                    where = f"last good checkpoint: {last}" if last else "no good checkpoint"
-                    raise TrainingError(
-                        f"the loss was non-finite for {bad_steps} consecutive steps at step "
-                        f"{step}; stopped ({where}); lower train.lr or check the data"
-                    )
-                continue
-            bad_steps = 0
-            with torch.no_grad():
-                for per_c, t_c in per_t:
-                    q = (t_c * 4 // sched.num_steps).clamp(max=3)
-                    q_sum.index_add_(0, q, per_c)
-                    q_cnt.index_add_(0, q, torch.ones_like(per_c))
-            opt.step()
-            ema.update(model)
+            if sync_free:
+                # The same decision without reading it: a bad step leaves weights, optimizer
+                # state and EMA unchanged on the device, and is counted; it still takes a step
+                # number (the host cannot know which steps were bad without synchronising).
+                with torch.no_grad():
+                    ok = torch.isfinite(gnorm) & torch.isfinite(step_loss)
+                    bad_run.copy_(torch.where(ok, 0, bad_run + 1))
+                    bad_since_log.add_((~ok).long())
+                    good_since_log.add_(ok.float())
+                    opt.found_inf = (~ok).float()  # type: ignore[attr-defined]
+                    for per_c, t_c in per_t:
+                        q = (t_c * 4 // sched.num_steps).clamp(max=3)
+                        q_sum.index_add_(0, q, torch.where(ok, per_c, 0.0))
+                        q_cnt.index_add_(0, q, ok.float().expand_as(per_c))
+                    acc_loss += torch.where(ok, step_loss, 0.0)
+                opt.step()
+                ema.update(model, weight=ok.float())
+            else:
+                if not (torch.isfinite(gnorm) and torch.isfinite(step_loss)):
+                    bad_steps += 1
+                    opt.zero_grad(set_to_none=True)
+                    log(f"step {step}: non-finite loss, step skipped ({bad_steps} in a row)")
+                    stop_on_bad(bad_steps, step)
+                    continue
+                bad_steps = 0
+                with torch.no_grad():
+                    for per_c, t_c in per_t:
+                        q = (t_c * 4 // sched.num_steps).clamp(max=3)
+                        q_sum.index_add_(0, q, per_c)
+                        q_cnt.index_add_(0, q, torch.ones_like(per_c))
+                opt.step()
+                ema.update(model)
+                acc_loss += step_loss
             step += 1
-            acc_loss += step_loss
             n_acc += 1
             if bar is not None:
                 bar.update(1)
@@ -382,7 +441,16 @@ def train(
                     dist.all_reduce_mean(acc_loss)
                     dist.all_reduce_sum(q_sum)
                     dist.all_reduce_sum(q_cnt)
-                last_loss = float(acc_loss) / max(n_acc, 1)
+                n_good = n_acc
+                if sync_free:  # the one synchronisation: at log steps
+                    n_good = int(good_since_log)
+                    n_bad = int(bad_since_log)
+                    if n_bad:
+                        log(f"steps {step - n_acc}-{step - 1}: {n_bad} non-finite, skipped")
+                    stop_on_bad(int(bad_run), step)
+                    bad_since_log.zero_()
+                    good_since_log.zero_()
+                last_loss = float(acc_loss) / max(n_good, 1) if n_good else float("nan")
                 ips = n_acc * batcher.g / max(now - t_log, 1e-9)
                 rec: dict[str, float] = {
                     "step": step,
@@ -408,7 +476,7 @@ def train(
                 n_acc, t_log = 0, now
             if dist.is_main and cfg.train.sample_every and step % cfg.train.sample_every == 0:
                 write_preview(ema.model, sched, data, cfg, run_dir, step, logger, bf16)
-            if step % cfg.train.checkpoint_every == 0:
+            if step % cfg.train.checkpoint_every == 0 and safe_to_save():
                 save(step)
     except KeyboardInterrupt:
         interrupted = True
@@ -416,6 +484,13 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+    if not safe_to_save():
+        last = ckpt.find_latest(run_dir)
+        where = f"last good checkpoint: {last}" if last else "no good checkpoint"
+        raise TrainingError(
+            f"the weights are non-finite at step {step} ({int(bad_run)} non-finite steps in a "
+            f"row); not saved ({where}); lower train.lr or check the data"
+        )
     save(step)
     files: list[Path] = []
     if dist.is_main:
