@@ -9,6 +9,8 @@ one thread each, so they share the machine equally, then score both with ``ddpm 
         --steps 50 --out runs/race_diffusers/ddim50.npz
     .venv/bin/ddpm eval runs/race_diffusers/ddim50.npz --dataset fashion_mnist --out ...
     .venv/bin/ddpm eval runs/race_ours --num 1000 --guidance 1 --out ...
+    .venv/bin/python benchmarks/time_to_quality.py report --ours runs/race_ours \\
+        --theirs runs/race_diffusers --evals EVAL_DIRS... --out benchmarks/results/...json
 
 ``train`` runs the training step of diffusers'
 ``examples/unconditional_image_generation/train_unconditional.py`` with its defaults (the same
@@ -145,6 +147,37 @@ def sample(args: argparse.Namespace) -> None:
     print(f"{args.out}: {images.shape}")
 
 
+def report(args: argparse.Namespace) -> None:
+    """Collect both runs and their ``ddpm eval`` reports into one results file."""
+    ours_run, theirs_run = Path(args.ours), Path(args.theirs)
+    metrics_lines = (ours_run / "metrics.jsonl").read_text().splitlines()
+    ours_log = [json.loads(x) for x in metrics_lines if x.strip()]
+    keys = ("fd", "precision", "recall", "inception_score", "class_accuracy", "fd_real_floor")
+    evals = {}
+    ours_steps = max(r["step"] for r in ours_log)
+    for path in args.evals:
+        rep = json.loads((Path(path) / "eval.json").read_text())
+        m = {k: rep["metrics"][k] for k in keys if k in rep["metrics"]}
+        evals[Path(path).name] = {"metrics": m, "samples": rep["samples"]}
+        if rep["source"].get("path") == str(ours_run) and "step" in rep["source"]:
+            ours_steps = int(rep["source"]["step"])  # the final step (the log is every 50)
+    out = {
+        "date": time.strftime("%Y-%m-%d"),
+        "ours": {
+            "run": str(ours_run),
+            "steps": ours_steps,
+            "last_log": ours_log[-1],
+        },
+        "diffusers": {
+            "run": str(theirs_run),
+            **json.loads((theirs_run / "summary.json").read_text()),
+        },
+        "evals": evals,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -165,6 +198,12 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(fn=sample)
+    r = sub.add_parser("report")
+    r.add_argument("--ours", required=True, help="ddpmkit run folder")
+    r.add_argument("--theirs", required=True, help="this script's train --out folder")
+    r.add_argument("--evals", nargs="+", required=True, help="ddpm eval --out folders")
+    r.add_argument("--out", required=True, help="results JSON")
+    r.set_defaults(fn=report)
     args = p.parse_args()
     args.fn(args)
 
