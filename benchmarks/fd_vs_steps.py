@@ -152,7 +152,12 @@ def draw(
                 x = diffusers_sample(sampler, eps, sched, x_T, steps)
             else:
                 base, extra = VARIANTS.get(sampler, (sampler, {}))
-                kwargs: dict[str, object] = {"clip_x0": 1.0, "spacing": spacing, **extra}
+                # "all": every timestep, where every spacing is the same (the table's label)
+                kwargs: dict[str, object] = {
+                    "clip_x0": 1.0,
+                    "spacing": "trailing" if spacing == "all" else spacing,
+                    **extra,
+                }
                 if base == "ddpm" or kwargs.get("eta"):
                     kwargs["seeds"] = [s + 10**6 for s in seeds[sl]]
                 x = SAMPLERS[base](
@@ -237,7 +242,15 @@ def main() -> None:
     ap.add_argument("--diffusers-steps", type=int, nargs="*", default=None,
                     help="step counts for the diffusers rows (default: --steps)")  # fmt: skip
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--rows-from",
+        type=Path,
+        default=None,
+        help="JSON-lines rows printed by an earlier run with the same model, --num and "
+        "--guidance (e.g. one that stopped before its reference row): they come first",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -266,6 +279,10 @@ def main() -> None:
     if not args.no_reference:
         configs.append(("ddpm", "all" if ref_steps == sched.num_steps else "trailing", ref_steps))
     rows: list[Row] = []
+    if args.rows_from is not None:
+        for line in args.rows_from.read_text().splitlines():
+            if line.startswith("{") and '"fd"' in line:
+                rows.append(json.loads(line))
     for sampler, spacing, steps in configs:
         t0 = time.perf_counter()
         x = draw(model, sched, sampler, steps, spacing, y, args.guidance, seeds, args.batch)
@@ -286,11 +303,13 @@ def main() -> None:
         "threads": args.threads,
         "date": time.strftime("%Y-%m-%d"),
     }
+    if args.rows_from is not None:
+        info["rows_from"] = f"{len(rows) - len(configs)} rows measured earlier ({args.rows_from})"
     if args.diffusers:
         info["loop_overhead_s_per_step_batch256"] = loop_overhead(sched, 20, 256)
         print(json.dumps(info["loop_overhead_s_per_step_batch256"]))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"meta": info, "rows": rows}, indent=1))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"meta": info, "rows": rows}, indent=1))
     if not args.no_reference:
         table = markdown(rows, info)
         print(table)

@@ -5,9 +5,10 @@
 
 Data: 8 Gaussians of std 0.05 on a ring of radius 2 (sharp modes, data in about [-2, 2]); the
 exact E[eps | x_t] of that mixture (``MixtureOracle``), so the only error is the sampler's.
-Main table: linear schedule, T = 1000, every sampler of ``ddpmkit.sampling.SAMPLERS`` with every
-spacing of ``SPACINGS`` at 5, 10, 20 and 50 steps, plus all 1000 steps (where every spacing is
-the same). Second table (``--no-changes`` leaves it out): two changes adopted in
+Main table: linear schedule, T = 1000, every sampler of ``ddpmkit.sampling.SAMPLERS`` and
+SDE-DPM-Solver++(2M) (``dpmpp-sde``: ``dpm_solver_pp_sample`` with eta = 1) with every spacing of
+``SPACINGS`` at 5, 10, 20 and 50 steps, plus all 1000 steps (where every spacing is the
+same). Second table (``--no-changes`` leaves it out): two changes adopted in
 ``ddpmkit.sampling`` after this measurement, each next to the behaviour before it, which is
 implemented here only (rows marked "(before)"); each "(before)" row reverts that one change:
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import re
 import time
@@ -132,8 +134,10 @@ def dpmpp_second_order_final(
     return x
 
 
+SDE_SAMPLER = "dpmpp-sde"  # SDE-DPM-Solver++(2M): dpm_solver_pp_sample with eta = 1
 RUNNERS: dict[str, Callable[..., torch.Tensor]] = {
     **SAMPLERS,
+    SDE_SAMPLER: functools.partial(sampling.dpm_solver_pp_sample, eta=1.0),
     BEFORE_SAMPLER: dpmpp_second_order_final,
 }
 
@@ -241,11 +245,11 @@ def replace_block(text: str, begin: str, end: str, table: str) -> str:
 def main_configs() -> list[Config]:
     rows: list[Config] = [
         ("linear", sampler, spacing, False, k)
-        for sampler in SAMPLERS
+        for sampler in [*SAMPLERS, SDE_SAMPLER]
         for spacing in SPACINGS
         for k in STEPS
     ]
-    rows += [("linear", sampler, "(all)", False, 1000) for sampler in SAMPLERS]
+    rows += [("linear", sampler, "(all)", False, 1000) for sampler in [*SAMPLERS, SDE_SAMPLER]]
     return rows
 
 

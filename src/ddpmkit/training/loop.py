@@ -258,6 +258,10 @@ def train(
     net: nn.Module = model
     if dist.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=dist.device_ids)
+    if cfg.train.compile == "on":
+        # Only the training forward/backward; checkpoints, EMA and previews use the plain module
+        # (same parameters), so compiled and eager runs write the same files.
+        net = torch.compile(net)  # type: ignore[assignment]
     sched_dev = sched.to(device)
     batcher = _Batcher(data, cfg, sched, dist)
     meta_base = {
@@ -278,7 +282,8 @@ def train(
             f"training {cfg.model.kind} ({n_params / 1e6:.2f}M parameters) on {data.source}, "
             f"{'bf16 autocast' if bf16 else 'fp32'}"
             f"{', channels_last' if channels_last else ''}"
-            f"{', sync-free step loop (fused AdamW)' if sync_free else ''}, "
+            f"{', sync-free step loop (fused AdamW)' if sync_free else ''}"
+            f"{', torch.compile' if cfg.train.compile == 'on' else ''}, "
             f"{dist.world_size} process(es), "
             f"run folder {run_dir}"
         )
