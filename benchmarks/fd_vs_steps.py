@@ -239,6 +239,9 @@ def main() -> None:
     kinds = ["diffusers-ddim", "diffusers-ddim-trailing", "diffusers-dpmpp"]
     ap.add_argument("--diffusers-kinds", nargs="*", default=kinds)
     ap.add_argument("--diffusers", action="store_true")
+    ap.add_argument(
+        "--loop-overhead", action="store_true", help="time the step loops (needs diffusers)"
+    )
     ap.add_argument("--diffusers-steps", type=int, nargs="*", default=None,
                     help="step counts for the diffusers rows (default: --steps)")  # fmt: skip
     ap.add_argument("--write-docs", action="store_true")
@@ -305,12 +308,22 @@ def main() -> None:
     }
     if args.rows_from is not None:
         info["rows_from"] = f"{len(rows) - len(configs)} rows measured earlier ({args.rows_from})"
-    if args.diffusers:
-        info["loop_overhead_s_per_step_batch256"] = loop_overhead(sched, 20, 256)
-        print(json.dumps(info["loop_overhead_s_per_step_batch256"]))
+    if args.diffusers or args.loop_overhead:
+        # Repeated, alternating 1 and 2 threads: the loop is a few small ops, noisy to time.
+        runs: dict[str, list[float]] = {}
+        for threads in (1, 2, 1, 2):
+            torch.set_num_threads(threads)
+            for name, sec in loop_overhead(sched, 20, 256).items():
+                runs.setdefault(name, []).append(round(sec * 1e3, 3))
+        torch.set_num_threads(args.threads)
+        info["loop_overhead_ms_per_step_batch256_threads_1_2_1_2"] = runs
+        print(json.dumps(runs))
+    ref_row = [r for r in rows if r["sampler"] == "ddpm" and r["steps"] == ref_steps]
+    if ref_row:
+        rows = [r for r in rows if r is not ref_row[0]] + ref_row[:1]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": info, "rows": rows}, indent=1))
-    if not args.no_reference:
+    if ref_row:  # measured now or among --rows-from: the table, reference row last
         table = markdown(rows, info)
         print(table)
         if args.write_docs:
