@@ -11,6 +11,9 @@ one thread each, so they share the machine equally, then score both with ``ddpm 
     .venv/bin/ddpm eval runs/race_ours --num 1000 --guidance 1 --out ...
     .venv/bin/python benchmarks/time_to_quality.py report --ours runs/race_ours \\
         --theirs runs/race_diffusers --evals EVAL_DIRS... --out benchmarks/results/...json
+    .venv/bin/python benchmarks/time_to_quality.py figure --ours runs/race_ours \\
+        --theirs-npz runs/race_diffusers/ddim50.npz --ours-steps 457 --theirs-steps 274 \\
+        --out docs/figures/time_to_quality.png
 
 ``train`` runs the training step of diffusers'
 ``examples/unconditional_image_generation/train_unconditional.py`` with its defaults (the same
@@ -178,6 +181,32 @@ def report(args: argparse.Namespace) -> None:
     print(json.dumps(out, indent=1))
 
 
+def figure(args: argparse.Namespace) -> None:
+    """Two rows of 10 samples: ours (one per class, DPM-Solver++ 20 steps, w = 1) above
+    diffusers' (the first 10 of its ``.npz``), with the steps each reached in the budget."""
+    import tempfile
+
+    from ddpmkit.cli import main as ddpm
+    from ddpmkit.viz.grid import grid_with_row_labels
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rc = ddpm(["sample", args.ours, "--num", "10", "--seed", "0", "--out", tmp])
+        if rc != 0:
+            raise SystemExit(f"ddpm sample {args.ours} failed")
+        with np.load(Path(tmp) / "samples.npz") as z:
+            ours = np.array(z["images"][:10])
+    with np.load(args.theirs_npz) as z:
+        theirs = np.array(z["images"][:10])
+    grid_with_row_labels(
+        np.concatenate([ours, theirs]),
+        10,
+        [f"ddpmkit, {args.ours_steps} steps", f"diffusers, {args.theirs_steps} steps"],
+        args.out,
+        upscale=2,
+    )
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -204,6 +233,13 @@ def main() -> None:
     r.add_argument("--evals", nargs="+", required=True, help="ddpm eval --out folders")
     r.add_argument("--out", required=True, help="results JSON")
     r.set_defaults(fn=report)
+    f = sub.add_parser("figure")
+    f.add_argument("--ours", required=True, help="ddpmkit run folder")
+    f.add_argument("--theirs-npz", required=True, help="this script's sample --out file")
+    f.add_argument("--ours-steps", type=int, required=True)
+    f.add_argument("--theirs-steps", type=int, required=True)
+    f.add_argument("--out", required=True, help="PNG")
+    f.set_defaults(fn=figure)
     args = p.parse_args()
     args.fn(args)
 
