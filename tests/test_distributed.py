@@ -82,16 +82,23 @@ def _kill_matching(needle: str) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
 
 
+PORTS = {"mlp": 29511, "unet": 29512, "mlp-sync-free": 29513}  # distinct: tests run in parallel
+
+
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     found = ckpt.find_latest(run)
     assert found is not None
     return load_file(found / "model.safetensors")
 
 
-@pytest.mark.parametrize("model", ["mlp", "unet"])
+@pytest.mark.parametrize("model", ["mlp", "unet", "mlp-sync-free"])
 def test_two_processes_match_one_process_with_double_batch(tmp_path: Path, model: str) -> None:
-    if model == "mlp":
+    # "mlp-sync-free": both runs with the sync-free step loop (fused AdamW, device-side skip of
+    # non-finite steps; the default on CUDA), whose decision must agree across ranks too.
+    if model.startswith("mlp"):
         extra = ["moons", "--set", "train.steps=5", "--set", "train.batch_size=32"]
+        if model == "mlp-sync-free":
+            extra += ["--set", 'train.sync_free="on"']
         double = ["--set", "train.batch_size=64"]
     else:
         extra = [
@@ -125,13 +132,14 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path: Path, model
     two = tmp_path / "two"
     one = tmp_path / "one"
     r = subprocess.run(
-        _torchrun(2, ["train", *extra, "--out", str(two), *COMMON], 29511 + (model == "unet")),
+        _torchrun(2, ["train", *extra, "--out", str(two), *COMMON], PORTS[model]),
         env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert ("sync-free step loop" in r.stderr) == (model == "mlp-sync-free")
     r = subprocess.run(
         [sys.executable, "-m", "ddpmkit.cli", "train", *extra, *double, "--out", str(one), *COMMON],
         env=_env(),
