@@ -388,6 +388,9 @@ def _bad_inputs(tmp: Path, run: Path) -> dict[str, tuple[list[str], tuple[str, .
             [str(tmp / "ok.npz"), "--dataset", "moons"], ("holds images; expected one of",)
         ),
         "steps out of range": ([str(run), "--steps", "500"], ("--steps: must be in [1, 100]",)),
+        "eta for ddpm": (
+            [str(run), "--sampler", "ddpm", "--eta", "0.5"], ("--eta: applies to --sampler ddim",)
+        ),
     }  # fmt: skip
 
 

@@ -64,6 +64,12 @@ def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> 
         raise ConfigError(
             f"--spacing: {spacing!r} is not allowed; expected one of {list(SPACINGS)}"
         )
+    if not 0.0 <= args.eta <= 1.0:
+        raise ConfigError(f"--eta: must be in [0, 1], got {args.eta}")
+    if args.eta != 0.0 and args.sampler == "ddpm":
+        raise ConfigError(
+            "--eta: applies to --sampler ddim or dpmpp; ddpm's noise is set by its variance"
+        )
     labels = args.label
     if (labels or args.grid_by_class or args.guidance != 1.0) and not num_classes:
         raise ConfigError("--label/--grid-by-class/--guidance need a class-conditional model")
