@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,45 @@ def test_keeps_last_n_and_latest_falls_back(tmp_path: Path) -> None:
     # hand-copied partial one might) is never chosen.
     (tmp_path / "checkpoints" / "step_00000009").mkdir()
     assert ckpt.find_latest(tmp_path) == tmp_path / "checkpoints" / "step_00000004"
+
+
+def test_pruning_interrupted_midway_leaves_no_partial_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found by the SIGKILL test (test_resume.py): a kill while keep-last-N deleted an old
+    # folder left a step_* folder without state.json. The deletion now renames the folder to a
+    # .tmp- name first; here it is interrupted after its first file, as a kill would.
+    net, opt = _trained_optimizer()
+    for s in (1, 2):
+        _save(tmp_path, s, net, opt, keep=2)
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path: str | Path, ignore_errors: bool = False) -> None:
+        if Path(path).name.startswith(".tmp-delete-"):
+            next(Path(path).iterdir()).unlink()  # the first file goes, then the "kill"
+            raise KeyboardInterrupt
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 3, net, opt, keep=2)  # written, then pruning step 1 is cut short
+    monkeypatch.undo()
+    root = tmp_path / "checkpoints"
+    steps = sorted(p.name for p in root.iterdir() if p.name.startswith("step_"))
+    assert steps == ["step_00000002", "step_00000003"]
+    assert all((root / name / "state.json").is_file() for name in steps)
+    assert ckpt.clean_temporaries(tmp_path) == 1  # the half-deleted folder, under a .tmp- name
+    assert ckpt.load_checkpoint(tmp_path).state["step"] == 3
+
+
+def test_an_incomplete_folder_of_the_same_step_is_replaced(tmp_path: Path) -> None:
+    net, opt = _trained_optimizer()
+    broken = tmp_path / "checkpoints" / "step_00000005"
+    broken.mkdir(parents=True)
+    (broken / "model.safetensors").write_bytes(b"partial")
+    path = _save(tmp_path, 5, net, opt)
+    assert path == broken and (path / "state.json").is_file()
+    assert ckpt.load_checkpoint(tmp_path).state["step"] == 5  # checksums verified
 
 
 def test_temporaries_are_cleaned(tmp_path: Path) -> None:

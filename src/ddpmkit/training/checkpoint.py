@@ -146,9 +146,11 @@ def save_checkpoint(
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:08d}"
-    if final.exists():  # same step already saved (deterministic resume): nothing new to write
+    if (final / "state.json").is_file():  # same step already saved (deterministic resume)
         atomic_write_text(ckpt_root / "latest", final.name + "\n")
         return final
+    if final.exists():  # an incomplete folder of that name (not written by this version)
+        _remove_dir(final)
     tmp = ckpt_root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -190,9 +192,19 @@ def _complete_dirs(ckpt_root: Path) -> list[Path]:
     return sorted((p for p in dirs if (p / "state.json").is_file()), key=lambda p: p.name)
 
 
+def _remove_dir(path: Path) -> None:
+    """Delete a checkpoint folder so that a crash midway never leaves a partial ``step_*``
+    folder: first an atomic rename to a ``.tmp-`` name (which loaders ignore and
+    :func:`clean_temporaries` removes at the next start), then the deletion."""
+    doomed = path.with_name(f".tmp-delete-{path.name}-{os.getpid()}")
+    os.replace(path, doomed)
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def _prune(ckpt_root: Path, keep: int) -> None:
     for old in _complete_dirs(ckpt_root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_dir(old)
 
 
 def clean_temporaries(run_dir: Path) -> int:
