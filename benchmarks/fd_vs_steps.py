@@ -245,6 +245,9 @@ def main() -> None:
     ap.add_argument("--diffusers-steps", type=int, nargs="*", default=None,
                     help="step counts for the diffusers rows (default: --steps)")  # fmt: skip
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument(
+        "--seed-offset", type=int, default=0, help="sample i uses seed OFFSET + i (default 0)"
+    )
     ap.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
@@ -268,7 +271,7 @@ def main() -> None:
     # Precision/recall compare sets of equal size (Kynkaanniemi et al.): a seeded subset of n.
     pr_ref = ref.features[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:n]]
     y = torch.arange(n) % 10
-    seeds = list(range(n))
+    seeds = list(range(args.seed_offset, args.seed_offset + n))
 
     configs: list[tuple[str, str, int]] = []
     for sampler in args.samplers:
@@ -304,6 +307,7 @@ def main() -> None:
         "floor_fd": floor,
         "reference_steps": ref_steps,
         "threads": args.threads,
+        "seed_offset": args.seed_offset,
         "date": time.strftime("%Y-%m-%d"),
     }
     if args.rows_from is not None:
