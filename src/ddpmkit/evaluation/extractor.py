@@ -9,12 +9,15 @@ exist, and otherwise the generic random-feature extractor, with a note saying wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ddpmkit.data.images import ImageData
 from ddpmkit.evaluation.plan import NATIVE_SHAPES, Plan, shape_str
 
 __all__ = ["Features", "choose_extractor"]
@@ -37,6 +40,25 @@ class Features:
         from ddpmkit.evaluation.classifier import extract
 
         return extract(images_u8, self.dataset, batch_size=self.batch_size)
+
+    def statistics(
+        self, data: ImageData, description: str, cache: Path | None, log: Callable[[str], None]
+    ) -> tuple[Any, str, str]:
+        """Features and their statistics of a real image set, from the cache keyed by the
+        set's SHA-256 and this extractor's identity when possible
+        (:func:`ddpmkit.evaluation.reference.reference_statistics`): (stats, cache state, key)."""
+        from ddpmkit.data.images import dataset_fingerprint
+        from ddpmkit.evaluation.reference import reference_statistics
+
+        return reference_statistics(  # type: ignore[no-any-return]
+            data.images,
+            fingerprint=dataset_fingerprint(data),
+            extractor_id=self.identity,
+            features_of=self,
+            folder=cache,
+            description=description,
+            log=log,
+        )
 
 
 def choose_extractor(plan: Plan, batch_size: int, notes: list[str]) -> Features:

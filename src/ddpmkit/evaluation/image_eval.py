@@ -55,7 +55,6 @@ def evaluate_images(
     log: Callable[[str], None],
 ) -> list[Path]:
     """Fill ``report`` with the image metrics and write the files; returns the files written."""
-    from ddpmkit.data.images import dataset_fingerprint
     from ddpmkit.evaluation.metrics import (
         class_accuracy,
         feature_statistics,
@@ -63,7 +62,6 @@ def evaluate_images(
         inception_score,
         precision_recall,
     )
-    from ddpmkit.evaluation.reference import reference_statistics
     from ddpmkit.evaluation.report import METRIC_INFO, depends_on
 
     # Everything that can fail on bad input happens before sampling and before any write.
@@ -111,15 +109,7 @@ def evaluate_images(
     n = int(samples.shape[0])
     cache = _cache_folder(args)
     ref_desc = f"{plan.dataset} {split_name(plan, args.ref_split)}: {ref.source}"
-    ref_stats, cache_state, key = reference_statistics(
-        ref.images,
-        fingerprint=dataset_fingerprint(ref),
-        extractor_id=feats.identity,
-        features_of=feats,
-        folder=cache,
-        description=ref_desc,
-        log=log,
-    )
+    ref_stats, cache_state, key = feats.statistics(ref, ref_desc, cache, log)
     log(f"extracting features of {n} samples")
     ex = feats.extract(samples)
     mu, cov = feature_statistics(ex.features)

@@ -37,22 +37,12 @@ def memorisation_check(
     log: Callable[[str], None],
 ) -> tuple[dict[str, Any], dict[str, Any], float | None]:
     """(report section, what :func:`write_memorisation` needs, FD floor or None)."""
-    from ddpmkit.data.images import dataset_fingerprint
     from ddpmkit.evaluation.memorisation import check_memorisation, summarise_distances
     from ddpmkit.evaluation.metrics import feature_statistics, frechet_distance
-    from ddpmkit.evaluation.reference import reference_statistics
 
     train = load_split(plan, "train", log)
     train_desc = f"{plan.dataset} {split_name(plan, 'train')}: {train.source}"
-    train_stats, train_cache, _ = reference_statistics(
-        train.images,
-        fingerprint=dataset_fingerprint(train),
-        extractor_id=feats.identity,
-        features_of=feats,
-        folder=cache,
-        description=train_desc,
-        log=log,
-    )
+    train_stats, train_cache, _ = feats.statistics(train, train_desc, cache, log)
     log(f"nearest training image of {samples.shape[0]} samples among {len(train)}")
     m = check_memorisation(
         samples, train.images, sample_features=sample_feats, train_features=train_stats.features
