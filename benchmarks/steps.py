@@ -46,7 +46,7 @@ class Step:
     """One competitor: callables for one training step and one sampling call."""
 
     name: str
-    train: Callable[[], None]
+    train: Callable[[], object]
     sample: Callable[[], None]
     params: int
     batch: int
@@ -190,8 +190,15 @@ def theirs(
     sample_batch: int = 256,
     bf16: bool = False,
     seed: int = 0,
+    data: Tensor | None = None,
+    total_steps: int = 10**6,
 ) -> Step:
-    """diffusers' unconditional training example's step on ``model`` (see module docstring)."""
+    """diffusers' unconditional training example's step on ``model`` (see module docstring).
+
+    ``data``: uint8 (N, C, H, W) training images (default: the synthetic benchmark set);
+    ``total_steps``: the horizon of the cosine LR schedule (the example's epochs x batches).
+    ``train()`` returns the step's loss (a detached tensor, not read).
+    """
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
@@ -202,17 +209,17 @@ def theirs(
         model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8
     )
     lr_scheduler = get_scheduler(
-        "cosine", optimizer=opt, num_warmup_steps=500, num_training_steps=10**6
+        "cosine", optimizer=opt, num_warmup_steps=500, num_training_steps=total_steps
     )
     gen = torch.Generator().manual_seed(seed)
     c, h, w = in_channels, size, size
-    data = _dataset(c, h, w, gen)
+    images = _dataset(c, h, w, gen) if data is None else data
 
-    def train() -> None:
+    def train() -> Tensor:
         model.train()
-        idx = torch.randint(0, DATASET_SIZE, (batch,), generator=gen)
+        idx = torch.randint(0, images.shape[0], (batch,), generator=gen)
         flip = torch.rand(batch, generator=gen) < 0.5
-        clean = to_model_range(data[idx])
+        clean = to_model_range(images[idx])
         clean = torch.where(flip[:, None, None, None], clean.flip(-1), clean)
         noise = torch.randn(clean.shape, generator=gen)
         timesteps = torch.randint(0, 1000, (batch,), generator=gen).long()
@@ -225,6 +232,7 @@ def theirs(
         opt.step()
         lr_scheduler.step()
         opt.zero_grad()
+        return loss.detach()
 
     xs = torch.randn(sample_batch, c, h, w, generator=gen)
     ts = torch.randint(0, 1000, (sample_batch,), generator=gen)
