@@ -163,12 +163,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--bpd-timesteps: must be >= 0, got {args.bpd_timesteps}")
     if args.memorisation < 0:
         raise ConfigError(f"--memorisation: must be >= 0, got {args.memorisation}")
-    if args.eta is not None and not 0.0 <= args.eta <= 1.0:
-        raise ConfigError(f"--eta: must be in [0, 1], got {args.eta}")
-    if args.eta and args.sampler == "ddpm":
-        raise ConfigError(
-            "--eta: applies to --sampler ddim or dpmpp; ddpm's noise is set by its variance"
-        )
+    if args.eta is not None:
+        from ddpmkit.training.sample_cmd import check_eta
+
+        check_eta(args.eta, args.sampler or "dpmpp")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a folder")

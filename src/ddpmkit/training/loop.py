@@ -334,6 +334,19 @@ def train(
     bad_since_log = torch.zeros((), dtype=torch.long, device=device)
     good_since_log = torch.zeros((), device=device)
 
+    @torch.no_grad()
+    def add_loss_by_quarter(per_t: list[tuple[Tensor, Tensor]], keep: Tensor | None) -> None:
+        """Per-sample losses into the sums by quarter of t; ``keep`` (0-d bool) masks a
+        skipped step on the device (sync-free loop), None counts every sample."""
+        for per_c, t_c in per_t:
+            q = (t_c * 4 // sched.num_steps).clamp(max=3)
+            if keep is None:
+                q_sum.index_add_(0, q, per_c)
+                q_cnt.index_add_(0, q, torch.ones_like(per_c))
+            else:
+                q_sum.index_add_(0, q, torch.where(keep, per_c, 0.0))
+                q_cnt.index_add_(0, q, keep.float().expand_as(per_c))
+
     def safe_to_save() -> bool:
         """Sync-free loop: the stop rule, then whether the weights are finite (a bad streak
         shorter than max_bad_steps may follow an update that made them infinite). The
@@ -409,17 +422,15 @@ def train(
                 # number (the host cannot know which steps were bad without synchronising).
                 with torch.no_grad():
                     ok = torch.isfinite(gnorm) & torch.isfinite(step_loss)
+                    ok_f = ok.float()
                     bad_run.copy_(torch.where(ok, 0, bad_run + 1))
                     bad_since_log.add_((~ok).long())
-                    good_since_log.add_(ok.float())
-                    opt.found_inf = (~ok).float()  # type: ignore[attr-defined]
-                    for per_c, t_c in per_t:
-                        q = (t_c * 4 // sched.num_steps).clamp(max=3)
-                        q_sum.index_add_(0, q, torch.where(ok, per_c, 0.0))
-                        q_cnt.index_add_(0, q, ok.float().expand_as(per_c))
+                    good_since_log.add_(ok_f)
+                    opt.found_inf = 1.0 - ok_f  # type: ignore[attr-defined]
+                    add_loss_by_quarter(per_t, ok)
                     acc_loss += torch.where(ok, step_loss, 0.0)
                 opt.step()
-                ema.update(model, weight=ok.float())
+                ema.update(model, weight=ok_f)
             else:
                 if not (torch.isfinite(gnorm) and torch.isfinite(step_loss)):
                     bad_steps += 1
@@ -428,11 +439,7 @@ def train(
                     stop_on_bad(bad_steps, step)
                     continue
                 bad_steps = 0
-                with torch.no_grad():
-                    for per_c, t_c in per_t:
-                        q = (t_c * 4 // sched.num_steps).clamp(max=3)
-                        q_sum.index_add_(0, q, per_c)
-                        q_cnt.index_add_(0, q, torch.ones_like(per_c))
+                add_loss_by_quarter(per_t, None)
                 opt.step()
                 ema.update(model)
                 acc_loss += step_loss

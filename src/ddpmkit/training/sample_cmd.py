@@ -19,7 +19,7 @@ from ddpmkit.training.build import load_weights, model_from_meta, x0_clip_from_m
 from ddpmkit.training.checkpoint import CheckpointError, _read_tensors, resolve_model_path
 from ddpmkit.training.config import ConfigError, RunConfig
 
-__all__ = ["load_model", "run_sample"]
+__all__ = ["check_eta", "load_model", "run_sample"]
 
 
 def load_model(
@@ -45,6 +45,16 @@ def load_model(
     return model.eval(), sched, cfg, meta
 
 
+def check_eta(eta: float, sampler: str) -> None:
+    """``--eta`` of ``ddpm sample`` and ``ddpm eval``: in [0, 1], and only for ddim/dpmpp."""
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"--eta: must be in [0, 1], got {eta}")
+    if eta != 0.0 and sampler == "ddpm":
+        raise ConfigError(
+            "--eta: applies to --sampler ddim or dpmpp; ddpm's noise is set by its variance"
+        )
+
+
 def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[Path]:
     model, sched, cfg, meta = load_model(Path(args.checkpoint), raw=args.raw)
     data = meta["data"]
@@ -64,12 +74,7 @@ def run_sample(args: argparse.Namespace, log: Callable[[str], None] = print) -> 
         raise ConfigError(
             f"--spacing: {spacing!r} is not allowed; expected one of {list(SPACINGS)}"
         )
-    if not 0.0 <= args.eta <= 1.0:
-        raise ConfigError(f"--eta: must be in [0, 1], got {args.eta}")
-    if args.eta != 0.0 and args.sampler == "ddpm":
-        raise ConfigError(
-            "--eta: applies to --sampler ddim or dpmpp; ddpm's noise is set by its variance"
-        )
+    check_eta(args.eta, args.sampler)
     labels = args.label
     if (labels or args.grid_by_class or args.guidance != 1.0) and not num_classes:
         raise ConfigError("--label/--grid-by-class/--guidance need a class-conditional model")
