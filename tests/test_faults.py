@@ -50,7 +50,7 @@ def test_write_error_during_checkpoint_keeps_the_previous_one(tmp_path: Path) ->
     assert "step_00000010 is intact" in lines[-1] and "Traceback" not in r.stderr
     after = ckpt.load_checkpoint(run)  # still loads, checksums verified
     assert after.path == before.path and after.state["step"] == 10
-    assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+    assert not any(ckpt.is_temporary(p.name) for p in (run / "checkpoints").iterdir())
     # With space back, resume finishes.
     assert _cli([*base, "--set", "train.steps=20", "--resume"]).returncode == 0
     assert ckpt.load_checkpoint(run).state["step"] == 20

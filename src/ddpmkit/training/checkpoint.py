@@ -34,8 +34,10 @@ __all__ = [
     "CheckpointError",
     "LoadedCheckpoint",
     "atomic_write_text",
+    "clean_temporaries",
     "find_latest",
     "fsync_dir",
+    "is_temporary",
     "load_checkpoint",
     "optimizer_from_flat",
     "optimizer_to_flat",
@@ -207,6 +209,13 @@ def _prune(ckpt_root: Path, keep: int) -> None:
         _remove_dir(old)
 
 
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` in ``checkpoints/`` is a write or delete in progress (a ``.tmp-`` folder
+    or the ``.latest.tmp-`` file of :func:`atomic_write_text`): loaders never read these, and
+    :func:`clean_temporaries` removes them at the next start."""
+    return name.startswith(".tmp-") or name.startswith(".latest.tmp-")
+
+
 def clean_temporaries(run_dir: Path) -> int:
     """Remove temporary folders left by a crash during a save; returns how many."""
     root = run_dir / "checkpoints"
@@ -214,7 +223,7 @@ def clean_temporaries(run_dir: Path) -> int:
         return 0
     n = 0
     for p in root.iterdir():
-        if p.name.startswith(".tmp-") or p.name.startswith(".latest.tmp-"):
+        if is_temporary(p.name):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
