@@ -8,33 +8,27 @@ Attention is ``softmax(q k^T / sqrt(d)) v`` (Vaswani et al. 2017, Eq. 1) through
 last dimension contiguous, *whatever the memory format of the feature map*: SDPA picks its kernel
 from the strides, and a layout-dependent choice would make NCHW and channels_last different
 programs (see :func:`attention` for the one exception made on purpose, by dtype and sequence
-length). Outputs are returned in the memory format of the input.
+length: bf16 on a CPU at up to 256 positions runs as two matmuls and a softmax, measured 2-6x
+faster there). Outputs are returned in the memory format of the input.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-try:  # torch >= 2.3
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-except ImportError:  # pragma: no cover - older torch: SDPA chooses on its own
-    SDPBackend = None  # type: ignore[assignment, misc]
-    sdpa_kernel = None  # type: ignore[assignment]
-
 __all__ = [
     "CrossAttention",
     "Downsample",
-    "MATH_KERNEL_MAX_LEN",
+    "PLAIN_ATTENTION_MAX_LEN",
     "ResBlock",
     "SelfAttention",
     "Upsample",
     "attention",
     "is_channels_last",
     "merge_heads",
+    "plain_attention",
     "split_heads",
     "zero_init",
 ]
@@ -45,32 +39,44 @@ def is_channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
-# Longest sequence (max of query and key lengths) for which CPU training in bf16/fp16 uses the
-# math kernel; see :func:`attention`.
-MATH_KERNEL_MAX_LEN = 128
+# Longest sequence (max of query and key lengths) for which bf16 attention on a CPU runs as two
+# matmuls and a softmax instead of SDPA; see :func:`attention`.
+PLAIN_ATTENTION_MAX_LEN = 256
+
+
+def plain_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v as two batched matmuls and one softmax (Vaswani et al. 2017,
+    eq. 1); the L x L weights are materialised. Same shapes as :func:`attention`."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    return torch.matmul(scores.softmax(-1), v)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Multi-head attention, (B, heads, Lq, d), (B, heads, Lk, d) x2 -> (B, heads, Lq, d).
 
-    SDPA chooses the kernel, except for CPU training in bf16/fp16 (autograd recording, input
-    on CPU in reduced precision) on short sequences (Lq and Lk at most
-    ``MATH_KERNEL_MAX_LEN`` = 128), where the math kernel is forced. Measured with torch 2.13,
-    forward + backward in bf16, one thread: on a 2-core AMD EPYC (Zen 4, AVX-512 BF16) the fused
-    CPU kernel took 2.8x the math kernel's time at L = 49 (the 7x7 maps of the Fashion-MNIST
-    U-Net), 2.9x at L = 64, 1.8x at L = 100, but 0.6x at L = 196 and 256 and 0.25x at L = 1024
-    (where the math kernel also materialises the L x L matrix); on the 2-core AVX-512/AMX Xeon
-    this rule was first measured on, the fused bf16 backward at L = 49 was ~2x slower too. The
-    fused kernel's forward alone (sampling) was 2-7x faster at every length, fp32 included,
-    hence the narrow rule. The two compute the same function; only speed differs.
+    SDPA chooses the kernel, except for bf16 on a CPU with sequences (Lq and Lk) of at most
+    ``PLAIN_ATTENTION_MAX_LEN`` = 256, which run as :func:`plain_attention`. Measured with torch
+    2.13 on a 2-core AMD EPYC (Zen 4, AVX-512 BF16), one thread, 4 heads of 32, ms per call:
+
+    ====================  ============================  ==========================
+    L (batch)             forward + backward            forward only (sampling)
+                          fused / math SDPA / plain     fused / math / plain
+    ====================  ============================  ==========================
+    49 (128, 7x7 maps)    68.6 / 28.0 / **11.2**        5.9 / 12.0 / **4.3**
+    64 (128)              72.0 / 41.9 / **13.6**        7.6 / 18.1 / **4.2**
+    196 (32)              61.8 / 74.0 / **26.4**        12.6 / 29.3 / **9.8**
+    256 (32, 16x16 maps)  80.7 / 140.9 / **39.7**       18.9 / 67.1 / **15.2**
+    1024 (8)              **195.7** / 607.3 / 241.5     **65.5** / 307.8 / 104.9
+    ====================  ============================  ==========================
+
+    In fp32 the fused kernel was as fast or faster at every length (plain 24.6 vs fused 27.5 at
+    L = 49, 136.8 vs 60.8 at 256), so fp32 and other devices keep SDPA's choice. The two paths
+    compute the same function (tested); only speed differs.
     """
-    reduced = q.dtype in (torch.bfloat16, torch.float16)
-    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    short = max(q.shape[-2], k.shape[-2]) <= MATH_KERNEL_MAX_LEN
-    use_math = q.device.type == "cpu" and reduced and training and short and sdpa_kernel is not None
-    ctx = sdpa_kernel(SDPBackend.MATH) if use_math else contextlib.nullcontext()
-    with ctx:
-        return F.scaled_dot_product_attention(q, k, v)
+    short = max(q.shape[-2], k.shape[-2]) <= PLAIN_ATTENTION_MAX_LEN
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and short:
+        return plain_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def split_heads(t: Tensor, head_dim: int) -> Tensor:
