@@ -56,22 +56,24 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     SDPA chooses the kernel, except for bf16 on a CPU with sequences (Lq and Lk) of at most
     ``PLAIN_ATTENTION_MAX_LEN`` = 256, which run as :func:`plain_attention`. Measured with torch
-    2.13 on a 2-core AMD EPYC (Zen 4, AVX-512 BF16), one thread, 4 heads of 32, ms per call:
+    2.13 on a 2-core AMD EPYC (Zen 4, AVX-512 BF16), one thread, 4 heads of 32, ms per call
+    (``benchmarks/bench_attention.py``; ``benchmarks/results/attention_1thread.json``):
 
     ====================  ============================  ==========================
     L (batch)             forward + backward            forward only (sampling)
                           fused / math SDPA / plain     fused / math / plain
     ====================  ============================  ==========================
-    49 (128, 7x7 maps)    68.6 / 28.0 / **11.2**        5.9 / 12.0 / **4.3**
-    64 (128)              72.0 / 41.9 / **13.6**        7.6 / 18.1 / **4.2**
-    196 (32)              61.8 / 74.0 / **26.4**        12.6 / 29.3 / **9.8**
-    256 (32, 16x16 maps)  80.7 / 140.9 / **39.7**       18.9 / 67.1 / **15.2**
-    1024 (8)              **195.7** / 607.3 / 241.5     **65.5** / 307.8 / 104.9
+    49 (128, 7x7 maps)    83.2 / 30.8 / **12.1**        6.3 / 12.4 / **4.5**
+    64 (128)              81.0 / 42.6 / **18.9**        8.1 / 20.2 / **4.8**
+    196 (32)              65.8 / 76.6 / **28.5**        13.0 / 30.4 / **10.8**
+    256 (32, 16x16 maps)  113.2 / 156.7 / **42.3**      23.0 / 69.6 / **15.0**
+    1024 (8)              **233.2** / 644.1 / 308.8     **69.5** / 351.2 / 134.4
     ====================  ============================  ==========================
 
-    In fp32 the fused kernel was as fast or faster at every length (plain 24.6 vs fused 27.5 at
-    L = 49, 136.8 vs 60.8 at 256), so fp32 and other devices keep SDPA's choice. The two paths
-    compute the same function (tested); only speed differs.
+    In fp32 the fused kernel was as fast or faster from L = 64 on (plain 18.8 vs fused 20.6 at
+    L = 49 in training, 131.3 vs 62.6 at 256), so fp32 and other devices keep SDPA's choice.
+    The two paths compute the same function (tested against a float64 reference); only speed
+    differs.
     """
     short = max(q.shape[-2], k.shape[-2]) <= PLAIN_ATTENTION_MAX_LEN
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and short:
