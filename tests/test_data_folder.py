@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ddpmkit.data import DatasetError, load_dataset, load_image_folder
+from ddpmkit.data.images import resize_center_crop
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (40, 60, 3), dtype=np.uint8)
@@ -139,6 +140,25 @@ def test_resize_covers_then_center_crops(tmp_path: Path) -> None:
     assert tall.images.shape == (1, 1, 20, 30)
     assert tall.images[0, 0, :, 10:20].float().mean() > 240
     assert tall.images[0, 0, :, :3].float().mean() < 15
+
+
+def test_resize_never_builds_a_negative_crop_box(tmp_path: Path) -> None:
+    # Found on crops of real photographs (scripts/sample_image_folder.py): a 196x201 image at
+    # 64x64 got the crop box (-1.4e-14, 2.5, 196.0, 198.5) from float rounding, Pillow refused
+    # it, and 92 of 2,000 images were skipped as "unreadable". Every size in a dense grid now
+    # resizes, and a flat image stays flat (the box lies inside the image).
+    for sw in range(60, 261):
+        for sh in range(60, 261, 7):
+            im = Image.new("RGB", (sw, sh), (200, 30, 90))
+            for size in ((64, 64), (28, 28), (20, 30)):
+                out = np.asarray(resize_center_crop(im, size))
+                assert out.shape == (*size, 3), (sw, sh, size)
+    flat = np.asarray(resize_center_crop(Image.new("RGB", (196, 201), (200, 30, 90)), (64, 64)))
+    assert (flat == np.array([200, 30, 90], np.uint8)).all()
+    Image.fromarray(RGB).resize((196, 201)).save(tmp_path / "was_skipped.png")
+    logs: list[str] = []
+    d = load_image_folder(tmp_path, 64, log=logs.append)
+    assert d.images.shape == (1, 3, 64, 64) and not logs
 
 
 def test_animated_gif_uses_the_first_frame(tmp_path: Path) -> None:

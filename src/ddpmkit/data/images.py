@@ -153,12 +153,19 @@ def resize_center_crop(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     from PIL import Image
 
     h, w = size
-    if im.size == (w, h):
+    sw, sh = im.size
+    if (sw, sh) == (w, h):
         return im
-    scale = max(h / im.height, w / im.width)
-    cw, ch = w / scale, h / scale  # the source region that maps onto the target
-    left, top = (im.width - cw) / 2.0, (im.height - ch) / 2.0
-    box = (left, top, left + cw, top + ch)
+    # The source region (cw x ch) that maps onto the target: the whole width when w / sw >=
+    # h / sh (decided in integers), else the whole height. The limiting side is taken exactly:
+    # w / (w / sw) in floats can exceed sw by an ulp, and Pillow rejects a box that starts at
+    # -1e-14 ("box offset can't be negative"; it did for 92 of 2,000 photo crops, 196x201 etc.).
+    if w * sh >= h * sw:
+        scale, cw, ch = w / sw, float(sw), min(float(sh), h * sw / w)
+    else:
+        scale, cw, ch = h / sh, min(float(sw), w * sh / h), float(sh)
+    left, top = max(0.0, (sw - cw) / 2.0), max(0.0, (sh - ch) / 2.0)
+    box = (left, top, min(float(sw), left + cw), min(float(sh), top + ch))
     gap = 3.0 if scale < 1 / 3 else None  # fast integer reduce first only for big shrinks
     return im.resize((w, h), Image.Resampling.BICUBIC, box=box, reducing_gap=gap)
 
