@@ -144,6 +144,11 @@ def test_every_doc_command_runs(doc: Path, tmp_path: Path, monkeypatch: pytest.M
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    for cls in ("class_a", "class_b"):  # for the commands with data.class_subfolders=true
+        (imgs / cls).mkdir()
+        for i in range(3):
+            pixels = rng.integers(0, 255, (90 + 7 * i, 70, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(imgs / cls / f"{i}.jpg")
     cmds = commands(doc)
     assert cmds, f"{doc.name} has no ddpm commands"
     for args in cmds:
