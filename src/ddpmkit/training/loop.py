@@ -1,10 +1,9 @@
 """The training loop: ``train(cfg)`` -> RunResult. One process, or one rank of torchrun/DDP.
 
-Randomness: one ``torch.Generator`` seeded from ``train.seed`` draws, for every step, the
-*global* batch (indices, timesteps, noise, flips, label drops) of size batch_size x world_size;
-each rank takes its slice. So N ranks at batch B see exactly the samples one process sees at
-batch N*B, and a resumed run continues the same stream (the generator state is checkpointed).
-The global torch RNG (dropout) is seeded with seed + rank and checkpointed per run.
+Randomness: every step's global batch comes from one generator seeded from ``train.seed``, each
+rank taking its slice (:mod:`ddpmkit.training.batches`), so N ranks at batch B see exactly the
+samples one process sees at batch N*B, and a resumed run continues the same stream. The global
+torch RNG (dropout) is seeded with seed + rank and checkpointed per run.
 """
 
 from __future__ import annotations
@@ -22,11 +21,9 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from ddpmkit import __version__
-from ddpmkit.data.images import to_model_range
 from ddpmkit.diffusion import diffusion_loss_per_sample
-from ddpmkit.sampling import NULL_LABEL
-from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.training import checkpoint as ckpt
+from ddpmkit.training.batches import Batcher, restore_rng, rng_state
 from ddpmkit.training.build import (
     TrainData,
     build_model,
@@ -35,7 +32,7 @@ from ddpmkit.training.build import (
     load_weights,
 )
 from ddpmkit.training.config import RunConfig
-from ddpmkit.training.distributed import DistInfo, init_distributed
+from ddpmkit.training.distributed import init_distributed
 from ddpmkit.training.ema import EMA
 from ddpmkit.training.metrics_log import MetricLogger
 from ddpmkit.training.previews import write_preview
@@ -102,61 +99,6 @@ def _lr_at(cfg: RunConfig, step: int) -> float:
         span = max(1, tr.steps - tr.warmup_steps)
         lr *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - tr.warmup_steps) / span)))
     return lr
-
-
-def _rng_state(gen: torch.Generator, dist: DistInfo) -> dict[str, Tensor]:
-    """The shared data generator and every rank's global torch RNG (collective under DDP)."""
-    states = [torch.get_rng_state()]
-    if dist.world_size > 1:
-        import torch.distributed as torch_dist
-
-        gathered: list[Tensor | None] = [None] * dist.world_size
-        torch_dist.all_gather_object(gathered, states[0])
-        states = [s for s in gathered if s is not None]
-    out = {"data": gen.get_state()}
-    out.update({f"torch_rank{r}": st for r, st in enumerate(states)})
-    return out
-
-
-def _restore_rng(gen: torch.Generator, rng: dict[str, Tensor], dist: DistInfo) -> None:
-    gen.set_state(rng["data"])
-    key = f"torch_rank{dist.rank}"
-    if key in rng:
-        torch.set_rng_state(rng[key])
-
-
-class _Batcher:
-    """Draws the global batch from the shared generator and returns this rank's slice."""
-
-    def __init__(self, data: TrainData, cfg: RunConfig, sched: NoiseSchedule, dist: DistInfo):
-        self.data, self.cfg, self.sched, self.dist = data, cfg, sched, dist
-        self.b = cfg.train.batch_size
-        self.g = self.b * dist.world_size
-
-    def draw(
-        self, gen: torch.Generator, device: torch.device
-    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-        data, cfg = self.data, self.cfg
-        idx = torch.randint(0, data.x.shape[0], (self.g,), generator=gen)
-        t = torch.randint(0, self.sched.num_steps, (self.g,), generator=gen)
-        if cfg.diffusion.antithetic:
-            half = self.g // 2
-            t[self.g - half :] = self.sched.num_steps - 1 - t[:half]
-        noise = torch.randn((self.g, *data.sample_shape), generator=gen)
-        flip = torch.rand(self.g, generator=gen) < 0.5
-        drop = torch.rand(self.g, generator=gen) < cfg.train.cfg_dropout
-        lo, hi = self.dist.rank * self.b, (self.dist.rank + 1) * self.b
-        idx, t, noise, flip, drop = idx[lo:hi], t[lo:hi], noise[lo:hi], flip[lo:hi], drop[lo:hi]
-        x = data.x[idx]
-        if data.kind == "image":
-            x = to_model_range(x)  # uint8 -> [-1, 1], the one place pixels are scaled
-            if cfg.data.hflip:
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        y = None
-        if data.labels is not None:
-            y = data.labels[idx].clone()
-            y[drop] = NULL_LABEL
-        return x.to(device), (None if y is None else y.to(device)), t.to(device), noise.to(device)
 
 
 def _check_same_data(state: dict[str, object], cfg: RunConfig, data: TrainData, path: Path) -> None:
@@ -253,7 +195,7 @@ def train(
         ema.num_updates = int(loaded.state["ema_updates"])
         assert loaded.optimizer is not None
         opt.load_state_dict(loaded.optimizer)
-        _restore_rng(gen, loaded.rng, dist)
+        restore_rng(gen, loaded.rng, dist)
         step = int(loaded.state["step"])
     net: nn.Module = model
     if dist.world_size > 1:
@@ -263,7 +205,7 @@ def train(
         # (same parameters), so compiled and eager runs write the same files.
         net = torch.compile(net)  # type: ignore[assignment]
     sched_dev = sched.to(device)
-    batcher = _Batcher(data, cfg, sched, dist)
+    batcher = Batcher(data, cfg, sched, dist)
     meta_base = {
         "config": cfg.to_dict(),
         "data": data.describe(),
@@ -289,7 +231,7 @@ def train(
         )
 
     def save(at_step: int) -> None:
-        rng = _rng_state(gen, dist)  # collective: every rank takes part
+        rng = rng_state(gen, dist)  # collective: every rank takes part
         if not dist.is_main:
             return
         meta = {**meta_base, "ema_updates": ema.num_updates, "world_size": dist.world_size}
