@@ -14,6 +14,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+# Build the fused NHWC GroupNorm kernel once now (~30 s; cached in ~/.cache/ddpmkit) rather than
+# inside the first training run; without a C++ compiler ddpmkit runs torch's ops instead.
+.venv/bin/python -c "from ddpmkit.nn.groupnorm import fused_kernel_available as f; f()" ||
+  echo "setup: the fused GroupNorm kernel was not built; training runs without it" >&2
 
 # Fashion-MNIST: Debian/Ubuntu ship it as a package (installs /usr/share/datasets/fashion-mnist);
 # elsewhere, or without root, fetch the canonical files into ~/.cache/ddpmkit (sha256-checked).

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddpmkit.nn.groupnorm import group_norm_act
+
 __all__ = [
     "CrossAttention",
     "Downsample",
@@ -129,14 +131,14 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(group_norm_act(self.norm1, x))
         e = self.emb(F.silu(emb))[:, :, None, None]  # (B, C or 2C, 1, 1)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = group_norm_act(self.norm2, h, scale, shift)
         else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))
+            h = group_norm_act(self.norm2, h + e)
+        h = self.conv2(self.dropout(h))
         return self.skip(x) + h
 
 
@@ -153,7 +155,8 @@ class SelfAttention(nn.Module):
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        qkv = split_heads(self.qkv(self.norm(x)), self.head_dim)  # (B, 3 * heads, HW, d)
+        h = group_norm_act(self.norm, x, act=False)
+        qkv = split_heads(self.qkv(h), self.head_dim)  # (B, 3 * heads, HW, d)
         q, k, v = qkv.chunk(3, dim=1)
         return x + self.proj(merge_heads(attention(q, k, v), x))
 
@@ -172,7 +175,8 @@ class CrossAttention(nn.Module):
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
-        q = split_heads(self.q(self.norm(x)), self.head_dim)  # (B, heads, HW, d)
+        h = group_norm_act(self.norm, x, act=False)
+        q = split_heads(self.q(h), self.head_dim)  # (B, heads, HW, d)
         b, length, _ = tokens.shape
         kv = self.kv(tokens).to(q.dtype)  # (B, L, 2C); same dtype as q outside autocast too
         k, v = kv.reshape(b, length, 2 * self.heads, self.head_dim).transpose(1, 2).chunk(2, 1)

@@ -34,6 +34,7 @@ from ddpmkit.nn.blocks import (
     zero_init,
 )
 from ddpmkit.nn.embeddings import LabelEmbedding, LabelTokens, TimeEmbedding
+from ddpmkit.nn.groupnorm import group_norm_act
 
 __all__ = ["CONDITIONINGS", "UNet", "UNetConfig", "num_parameters"]
 
@@ -280,7 +281,9 @@ class UNet(nn.Module):
                 h = checkpoint(_cat_level, mod, h, hs.pop(), emb, tokens, use_reentrant=False)
             else:
                 h = _cat_level(mod, h, hs.pop(), emb, tokens)
-        return self.out(h)
+        norm, _, conv = self.out  # (GroupNorm, SiLU, conv): kept as modules for the state dict
+        assert isinstance(norm, nn.GroupNorm)
+        return conv(group_norm_act(norm, h))
 
     def _middle(self, h: Tensor, emb: Tensor, tokens: Tensor | None) -> Tensor:
         h = self.mid1(h, emb)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ddpmkit import __version__
 from ddpmkit.diffusion import diffusion_loss_per_sample
+from ddpmkit.nn.groupnorm import prefer_channels_last
 from ddpmkit.training import checkpoint as ckpt
 from ddpmkit.training.batches import Batcher, restore_rng, rng_state
 from ddpmkit.training.build import (
@@ -67,13 +68,12 @@ def _use_bf16(cfg: RunConfig, device: torch.device, data: TrainData) -> bool:
     )
 
 
-def _use_channels_last(cfg: RunConfig, data: TrainData) -> bool:
-    if cfg.train.channels_last == "on":
-        return data.kind == "image"
-    # "auto" = off: measured on the 2-core AVX-512-BF16/AMX CPU this was developed on, the
-    # default 28x28 U-Net trains at ~200 images/s in bf16 NCHW but ~130 in bf16 channels_last
-    # (oneDNN reorders dominate at these small sizes); see benchmarks/bench_train_speed.py.
-    return False
+def _use_channels_last(cfg: RunConfig, data: TrainData, device: torch.device, bf16: bool) -> bool:
+    if data.kind != "image" or cfg.train.channels_last == "off":
+        return False
+    # "auto": NHWC on a CPU in bf16 when the fused NHWC GroupNorm kernel builds (1.12-1.23x
+    # faster training there, measured); NCHW elsewhere (see nn/groupnorm.py).
+    return cfg.train.channels_last == "on" or prefer_channels_last(device, bf16)
 
 
 def _use_sync_free(cfg: RunConfig, device: torch.device) -> bool:
@@ -172,11 +172,11 @@ def train(
     sched = build_schedule(cfg.diffusion)
     torch.manual_seed(cfg.train.seed + dist.rank)
     model = build_model(cfg.model, data.sample_shape, data.num_classes, sched.num_steps).to(device)
-    channels_last = _use_channels_last(cfg, data)
+    bf16 = _use_bf16(cfg, device, data)
+    channels_last = _use_channels_last(cfg, data, device, bf16)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     _preflight(model, data, device)
-    bf16 = _use_bf16(cfg, device, data)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     sync_free = _use_sync_free(cfg, device)
     opt = torch.optim.AdamW(

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpmkit.nn.groupnorm import prefer_channels_last
 from ddpmkit.sampling import SAMPLERS, SPACINGS, initial_noise
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.training.build import load_weights, model_from_meta, x0_clip_from_meta
@@ -42,6 +43,10 @@ def load_model(
     sha = meta.get("sha256", {}).get(name)
     weights = _read_tensors(folder / f"{name}.safetensors", sha)
     load_weights(model, weights, str(folder / f"{name}.safetensors"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if prefer_channels_last(device, meta.get("precision") == "bf16"):
+        # NHWC: 1.4-1.5x faster sampling on a bf16 CPU (nn/groupnorm.py); same function
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model.eval(), sched, cfg, meta
 
 
