@@ -9,8 +9,9 @@
 // Backward: with dy = dout * silu'(y) (or dout), per (n, c) the two sums S = sum_p dy and
 // T = sum_p dy * x give every parameter gradient in closed form, and
 //   dx = rstd * (dz - mean_g(dz) - z * mean_g(dz * z)),  dz = dy * (1 + scale) * w
-// becomes dx = dy * P_nc + x * Q_nc + R_nc: two passes over (x, dout), nothing saved but x and
-// the (N, G) statistics.
+// becomes dx = dy * P_nc + x * Q_nc + R_nc: one pass over (x, dout) that also keeps one image's
+// dy in a float scratch buffer, one over (x, dy); nothing saved from the forward but x and the
+// (N, G) statistics.
 //
 // Why: torch's native GroupNorm on NHWC maps is 2-5x slower than on NCHW here, which cancels
 // oneDNN's faster NHWC convolutions; this kernel makes channels_last pay (docs/performance.md).
@@ -172,6 +173,7 @@ void backward_kernel(const T* dout, const T* x, T* dx, const Shape& s, const flo
   at::parallel_for(0, s.n, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> a(s.c), b(s.c), row_s(s.c), row_t(s.c), pc(s.c), qc(s.c), rc(s.c);
     std::vector<double> sum_s(s.c), sum_t(s.c);
+    std::vector<float> dy_img(s.hw * s.c);  // dy of one image: the second pass reads it back
     for (int64_t n = begin; n < end; ++n) {
       coefficients(s, n, mean, rstd, weight, bias, scale, shift, a.data(), b.data());
       const T* xn = x + n * s.hw * s.c;
@@ -185,9 +187,11 @@ void backward_kernel(const T* dout, const T* x, T* dx, const Shape& s, const flo
         for (int64_t p = p0; p < p1; ++p) {
           const T* xp = xn + p * s.c;
           const T* gp = gn + p * s.c;
+          float* dyp = dy_img.data() + p * s.c;
           for (int64_t c = 0; c < s.c; ++c) {
             const float xv = load(xp, c);
             const float dy = dact(load(gp, c), xv * a[c] + b[c], act);
+            dyp[c] = dy;
             row_s[c] += dy;
             row_t[c] += dy * xv;
           }
@@ -222,13 +226,9 @@ void backward_kernel(const T* dout, const T* x, T* dx, const Shape& s, const flo
       T* dn = dx + n * s.hw * s.c;
       for (int64_t p = 0; p < s.hw; ++p) {
         const T* xp = xn + p * s.c;
-        const T* gp = gn + p * s.c;
+        const float* dyp = dy_img.data() + p * s.c;
         T* dp = dn + p * s.c;
-        for (int64_t c = 0; c < s.c; ++c) {
-          const float xv = load(xp, c);
-          const float dy = dact(load(gp, c), xv * a[c] + b[c], act);
-          store(dp, c, dy * pc[c] + xv * qc[c] + rc[c]);
-        }
+        for (int64_t c = 0; c < s.c; ++c) store(dp, c, dyp[c] * pc[c] + load(xp, c) * qc[c] + rc[c]);
       }
     }
   });
