@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_vs_diffusers.py                       # 28x28 and 64x64
     .venv/bin/python benchmarks/bench_vs_diffusers.py --scenario 28 --json out.json
-    .venv/bin/python benchmarks/bench_vs_diffusers.py --scenario 28 --extra channels_last,fused
+    .venv/bin/python benchmarks/bench_vs_diffusers.py --scenario 28 --extra nchw,fused
 
 Needs the optional dependency ``pip install -e .[bench]`` (diffusers).
 
@@ -23,7 +23,9 @@ Scenarios (each row = one model + one recipe; recipes in ``benchmarks/steps.py``
   scale-shift time conditioning like ours (2.40M).
 
 For honesty every scenario also has our U-Net in fp32 and diffusers' under the same bf16
-autocast. ``--extra`` adds variants of our bf16 row: ``channels_last``, ``fused`` /
+autocast. Our bf16 rows run channels_last with the fused NHWC GroupNorm where ``ddpm train``
+would (``train.channels_last = "auto"``: a CPU with native bf16 and the kernel built), fp32 rows
+NCHW. ``--extra`` adds variants of our bf16 row: ``nchw`` (the same in NCHW), ``fused`` /
 ``foreach`` (AdamW implementation), ``compile`` (``torch.compile`` of the model; compile time
 reported separately), ``checkpointing``.
 
@@ -77,7 +79,7 @@ FOLDER64 = UNetConfig(  # the folder64 preset's U-Net (unconditional: no class s
     groups=8,
     num_classes=0,
 )
-EXTRAS = ("channels_last", "fused", "foreach", "compile", "checkpointing")
+EXTRAS = ("nchw", "fused", "foreach", "compile", "checkpointing")
 
 
 def scenario_steps(
@@ -114,8 +116,8 @@ def scenario_steps(
         if extra not in EXTRAS:
             raise SystemExit(f"unknown --extra {extra!r}; expected some of {list(EXTRAS)}")
         kw: dict[str, object] = {}
-        if extra == "channels_last":
-            kw["channels_last"] = True
+        if extra == "nchw":
+            kw["channels_last"] = False
         elif extra in ("fused", "foreach"):
             kw["optimizer"] = extra
         elif extra == "compile":

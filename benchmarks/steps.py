@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ddpmkit.data.images import to_model_range
 from ddpmkit.diffusion import diffusion_loss_per_sample
+from ddpmkit.nn.groupnorm import prefer_channels_last
 from ddpmkit.nn.unet import UNet, UNetConfig, num_parameters
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.training.ema import EMA
@@ -69,7 +70,7 @@ def ours(
     batch: int = 128,
     sample_batch: int = 256,
     bf16: bool = True,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     optimizer: str = "default",
     compile_model: bool = False,
     checkpointing: bool = False,
@@ -81,6 +82,8 @@ def ours(
     ``optimizer``: "default" (``torch.optim.AdamW`` as loop.py builds it: torch's default
     implementation choice), "foreach" or "fused".
     """
+    if channels_last is None:  # as `ddpm train` decides (train.channels_last = "auto")
+        channels_last = prefer_channels_last(torch.device("cpu"), bf16)
     torch.manual_seed(seed)
     model = UNet(cfg, checkpointing=checkpointing)
     fmt = torch.channels_last if channels_last else torch.contiguous_format

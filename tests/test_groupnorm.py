@@ -184,3 +184,10 @@ def test_kernel_can_be_switched_off() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_channels_last_is_preferred_only_on_a_bf16_cpu_with_the_kernel() -> None:
+    _kernel_or_fail()
+    assert groupnorm.prefer_channels_last(torch.device("cpu"), bf16=True)
+    assert not groupnorm.prefer_channels_last(torch.device("cpu"), bf16=False)
+    assert not groupnorm.prefer_channels_last(torch.device("cuda"), bf16=True)

@@ -128,10 +128,11 @@ def prefer_channels_last(device: torch.device, bf16: bool) -> bool:
     """Whether a U-Net should run channels_last (NHWC) on ``device`` by default.
 
     Yes on a CPU in bf16 when the fused kernel is available: measured side by side on the
-    2-core AVX-512-BF16 CPU (``docs/performance.md``), NHWC with the fused GroupNorm trains the
-    fashion preset's U-Net 1.12x and the folder64 one 1.23x faster than NCHW, and samples 1.42x
-    and 1.50x faster; without the kernel, NHWC was slower (0.84x training). fp32 and CUDA keep
-    NCHW (not measured to pay).
+    2-core AVX-512-BF16 CPU (``benchmarks/bench_vs_diffusers.py --extra nchw``,
+    ``docs/performance.md``), NHWC with the fused GroupNorm trains the fashion preset's U-Net
+    1.18x and the folder64 one 1.26x faster than NCHW, and samples 1.22x and 1.30x faster;
+    without the kernel, NHWC was slower (0.84x training). fp32 and CUDA keep NCHW (not measured
+    to pay).
     """
     return device.type == "cpu" and bf16 and fused_kernel_available()
 

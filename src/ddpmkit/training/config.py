@@ -97,7 +97,7 @@ class TrainConfig:
     cfg_dropout: float = 0.1  # probability of replacing a label by the null class
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16 (autocast)
-    channels_last: str = "auto"  # auto | on | off
+    channels_last: str = "auto"  # auto (NHWC on a bf16 CPU with the fused GroupNorm) | on | off
     num_threads: int = 0  # torch threads; 0 = leave torch's default
     log_every: int = 50
     sample_every: int = 500  # sample grid PNG every K steps; 0 = only at the end

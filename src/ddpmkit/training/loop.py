@@ -71,7 +71,7 @@ def _use_bf16(cfg: RunConfig, device: torch.device, data: TrainData) -> bool:
 def _use_channels_last(cfg: RunConfig, data: TrainData, device: torch.device, bf16: bool) -> bool:
     if data.kind != "image" or cfg.train.channels_last == "off":
         return False
-    # "auto": NHWC on a CPU in bf16 when the fused NHWC GroupNorm kernel builds (1.12-1.23x
+    # "auto": NHWC on a CPU in bf16 when the fused NHWC GroupNorm kernel builds (1.18-1.26x
     # faster training there, measured); NCHW elsewhere (see nn/groupnorm.py).
     return cfg.train.channels_last == "on" or prefer_channels_last(device, bf16)
 
