@@ -38,9 +38,10 @@ def _best_rate(fn: Callable[[], object], flops: int, reps: int) -> float:
     return flops * reps / (time.perf_counter() - t0)
 
 
-def _kernels(n: int) -> dict[str, tuple[Callable[[], object], int]]:
+def _kernels(n: int, bf16: bool = True) -> dict[str, tuple[Callable[[], object], int]]:
     out: dict[str, tuple[Callable[[], object], int]] = {}
-    for dt, dname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+    dtypes = ((torch.float32, "fp32"), (torch.bfloat16, "bf16"))
+    for dt, dname in dtypes if bf16 else dtypes[:1]:
         a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
         out[f"matmul {n}^3 {dname}"] = ((lambda a=a, b=b: a @ b), 2 * n**3)
         # (batch, c_in, c_out, side): the 28x28 and 64x64 U-Nets' largest convs
@@ -56,9 +57,19 @@ def _kernels(n: int) -> dict[str, tuple[Callable[[], object], int]]:
     return out
 
 
-def measure_peaks(n: int = 2048, rounds: int = 5, seconds: float = 0.3) -> dict[str, float]:
-    """{kernel name: best measured FLOP/s}; see the module docstring."""
-    kernels = _kernels(n)
+def measure_peaks(
+    n: int = 2048, rounds: int = 5, seconds: float = 0.3, bf16: bool | None = None
+) -> dict[str, float]:
+    """{kernel name: best measured FLOP/s}; see the module docstring.
+
+    ``bf16``: also the bf16 kernels; None = only where the CPU has native bf16 (emulated bf16
+    kernels take minutes on an AVX2 CPU and are no peak of anything the library runs there).
+    """
+    if bf16 is None:
+        from ddpmkit.nn.compute_path import cpu_has_native_bf16
+
+        bf16 = cpu_has_native_bf16()
+    kernels = _kernels(n, bf16)
     reps: dict[str, int] = {}
     for name, (fn, _flops) in kernels.items():  # warm-up, and reps to take about `seconds`
         fn()
@@ -77,9 +88,9 @@ def summary(best: dict[str, float]) -> dict[str, float]:
     out = {}
     for kind in ("matmul", "conv3x3"):
         for dt in ("fp32", "bf16"):
-            out[f"{kind}_{dt}"] = max(
-                v for k, v in best.items() if k.startswith(kind) and k.endswith(dt)
-            )
+            vals = [v for k, v in best.items() if k.startswith(kind) and k.endswith(dt)]
+            if vals:
+                out[f"{kind}_{dt}"] = max(vals)
     return out
 
 

@@ -79,17 +79,27 @@ FOLDER64 = UNetConfig(  # the folder64 preset's U-Net (unconditional: no class s
     groups=8,
     num_classes=0,
 )
+# The fashion preset's U-Net from issue 13 on (space-to-depth 2: the U-Net works on 4x14x14)
+FASHION_P2 = replace(FASHION, patch_size=2, base_channels=48, channel_mults=(1, 2))
 EXTRAS = ("nchw", "fused", "foreach", "compile", "checkpointing")
 
 
 def scenario_steps(
-    scenario: str, extras: list[str], batch: int | None, sample_batch: int | None
+    scenario: str,
+    extras: list[str],
+    batch: int | None,
+    sample_batch: int | None,
+    bf16_rows: bool = True,
 ) -> tuple[dict[str, Step], dict[str, float]]:
-    """The competitors of one scenario, and compile times (s) of compiled variants."""
+    """The competitors of one scenario, and compile times (s) of compiled variants.
+
+    ``bf16_rows``: False on a CPU without native bf16, where bf16 is emulated (10x slower than
+    fp32, measured) and neither library would run it: fp32 rows only, ``--extra`` in fp32."""
     if scenario == "28":
         b, sb = batch or 128, sample_batch or 256
         mine = {
-            "ours fashion preset (base 32)": FASHION,
+            "ours fashion preset (p2, base 48)": FASHION_P2,
+            "ours old fashion preset (base 32)": FASHION,
             "ours diffusers' layout": replace(
                 FASHION, channel_mults=(1, 2, 4), num_res_blocks=1, scale_shift=False
             ),
@@ -109,7 +119,8 @@ def scenario_steps(
     steps: dict[str, Step] = {}
     compile_s: dict[str, float] = {}
     for name, cfg in mine.items():
-        steps[f"{name} bf16"] = ours(f"{name} bf16", cfg, batch=b, sample_batch=sb)
+        if bf16_rows:
+            steps[f"{name} bf16"] = ours(f"{name} bf16", cfg, batch=b, sample_batch=sb)
         steps[f"{name} fp32"] = ours(f"{name} fp32", cfg, batch=b, sample_batch=sb, bf16=False)
     first, cfg0 = next(iter(mine.items()))
     for extra in extras:
@@ -124,7 +135,9 @@ def scenario_steps(
             kw["compile_model"] = True
         else:
             kw["checkpointing"] = True
-        name = f"{first} bf16 {extra}"
+        if not bf16_rows:
+            kw["bf16"] = False
+        name = f"{first} {'bf16' if bf16_rows else 'fp32'} {extra}"
         steps[name] = ours(name, cfg0, batch=b, sample_batch=sb, **kw)  # type: ignore[arg-type]
         if extra == "compile":
             t0 = time.perf_counter()
@@ -132,9 +145,10 @@ def scenario_steps(
             steps[name].sample()
             compile_s[name] = time.perf_counter() - t0
     steps["diffusers fp32"] = theirs("diffusers fp32", dm(), c, size, batch=b, sample_batch=sb)
-    steps["diffusers bf16"] = theirs(
-        "diffusers bf16", dm(), c, size, batch=b, sample_batch=sb, bf16=True
-    )
+    if bf16_rows:
+        steps["diffusers bf16"] = theirs(
+            "diffusers bf16", dm(), c, size, batch=b, sample_batch=sb, bf16=True
+        )
     return steps, compile_s
 
 
@@ -150,7 +164,9 @@ def spread(v: list[float]) -> float:
 
 
 def run_scenario(scenario: str, args: argparse.Namespace, extras: list[str]) -> dict[str, object]:
-    steps, compile_s = scenario_steps(scenario, extras, args.batch, args.sample_batch)
+    steps, compile_s = scenario_steps(
+        scenario, extras, args.batch, args.sample_batch, bf16_rows=args.bf16_rows
+    )
     flops: dict[str, tuple[float, float]] = {}
     for name, st in steps.items():
         if "compile" in name:  # count on the eager model (same operations)
@@ -217,7 +233,8 @@ def print_table(res: dict[str, object], peaks: dict[str, float]) -> None:
     assert isinstance(rows, list)
     print(f"\nscenario {res['scenario']} ({res['elapsed_s']:.0f} s of interleaved rounds)")
     print("img/s: median and best round; x diff: paired ratio to diffusers fp32 (median) and")
-    print("ratio of best rounds; GFLOP/s and % of the bf16 conv peak at the best round")
+    pk_name = "conv3x3_bf16" if "conv3x3_bf16" in peaks else "conv3x3_fp32"
+    print(f"ratio of best rounds; GFLOP/s and % of the {pk_name} peak at the best round")
     head = (
         f"{'variant':40s} {'params':>6s} {'MFLOP':>5s} | {'train img/s':>11s} {'x diff':>9s} "
         f"{'sprd':>5s} {'GFLOP/s':>7s} {'%pk':>4s} | {'sample img/s':>12s} {'x diff':>9s} "
@@ -225,7 +242,7 @@ def print_table(res: dict[str, object], peaks: dict[str, float]) -> None:
     )
     print(head)
     print("-" * len(head))
-    pk = peaks["conv3x3_bf16"] / 1e9
+    pk = peaks[pk_name] / 1e9
     for r in rows:
         cells = [f"{r['variant']:40s} {r['params'] / 1e6:5.2f}M"]
         cells.append(f"{r['train_flops_per_image'] / 1e6:5.0f} |")
@@ -253,11 +270,20 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=1, help="calls per variant per round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, metavar="OUT")
+    ap.add_argument(
+        "--bf16",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="bf16 rows: auto = only on a CPU with native bf16 (emulated elsewhere)",
+    )
     args = ap.parse_args()
+    from ddpmkit.nn.compute_path import cpu_has_native_bf16
+
+    args.bf16_rows = args.bf16 == "on" or (args.bf16 == "auto" and cpu_has_native_bf16())
     torch.set_num_threads(args.threads)
     extras = [e for e in args.extra.split(",") if e]
     results = [run_scenario(s, args, extras) for s in args.scenario.split(",") if s]
-    best = measure_peaks(rounds=3)
+    best = measure_peaks(rounds=3, bf16=args.bf16_rows)
     peaks = summary(best)
     print(
         f"\ntorch {torch.__version__}, {args.threads} threads, CPU capability "
@@ -273,6 +299,7 @@ def main() -> None:
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_native_bf16": cpu_has_native_bf16(),
             "threads": args.threads,
             "rounds": args.rounds,
             "iters": args.iters,

@@ -341,3 +341,50 @@ def test_mlps() -> None:
     x, t = torch.randn(5, 2), torch.tensor([0, 1, 2, 3, 99])
     assert StepEmbedMLP(100)(x, t).shape == (5, 2)
     assert SinusoidalMLP()(x, t).shape == (5, 2)
+
+
+def _space_to_depth(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C p^2, H/p, W/p), channel c * p^2 + i * p + j holding pixel
+    (p h + i, p w + j): written out with reshape/permute, independently of pixel_unshuffle."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, c * p * p, h // p, w // p)
+
+
+def _depth_to_space(x: torch.Tensor, p: int) -> torch.Tensor:
+    b, cpp, h, w = x.shape
+    c = cpp // (p * p)
+    x = x.reshape(b, c, p, p, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, c, h * p, w * p)
+
+
+def test_patch_size_is_a_unet_on_the_space_to_depth_image() -> None:
+    """UNet(patch_size=2) on (1, 28, 28) = a plain U-Net on (4, 14, 14) of the same weights,
+    between an explicit space-to-depth and its inverse."""
+    kw = dict(base_channels=16, channel_mults=(1, 2), attention_resolutions=(7,), groups=4)
+    torch.manual_seed(0)
+    p2 = UNet(UNetConfig(in_channels=1, image_size=28, patch_size=2, num_classes=3, **kw))
+    inner = UNet(UNetConfig(in_channels=4, image_size=14, num_classes=3, **kw))
+    assert p2.cfg.level_sizes() == [14, 7]
+    sd = p2.state_dict()
+    for k, v in sd.items():  # nonzero output layer, else both outputs are 0
+        sd[k] = v + 0.01 * torch.randn_like(v)
+    p2.load_state_dict(sd)
+    inner.load_state_dict(sd)
+    x = torch.randn(3, 1, 28, 28)
+    t = torch.tensor([0, 500, 999])
+    y = torch.tensor([0, 2, -1])
+    with torch.no_grad():
+        got = p2(x, t, y)
+        want = _depth_to_space(inner(_space_to_depth(x, 2), t, y), 2)
+    assert got.shape == x.shape
+    assert got.abs().max() > 1e-3
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_patch_size_must_divide_the_image() -> None:
+    cfg = UNetConfig(image_size=28, patch_size=2, channel_mults=(1, 2, 2))  # 28 / (2 * 4)
+    with pytest.raises(ValueError, match="patch_size"):
+        cfg.validate()
+    with pytest.raises(ValueError, match="patch_size must be >= 1"):
+        UNetConfig(patch_size=0).validate()

@@ -74,7 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="samples to draw from a model (default 1000); for a samples file: use the first N",
     )
     p.add_argument(
-        "--sampler", default=None, choices=["ddpm", "ddim", "dpmpp"], help="default dpmpp"
+        "--sampler",
+        default=None,
+        choices=["ddpm", "ddim", "dpmpp"],
+        help="default: the model's sample.sampler (and its steps and spacing), else dpmpp",
     )
     p.add_argument(
         "--steps", type=int, default=None, help="sampling steps (default dpmpp 20, ddim 50, ddpm T)"
@@ -85,7 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eta", type=float, default=None, help="noise in [0, 1] for ddim and dpmpp (default 0)"
     )
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the model's sample.guidance)",
+    )
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     p.add_argument("--seed", type=int, default=None, help="sample i uses seed + i (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="sampling/feature batch size")

@@ -212,7 +212,7 @@ def _forward_2d(args: argparse.Namespace, names: list[str]) -> Path:
 
 def _reverse(args: argparse.Namespace) -> Path:
     from ddpmkit.sampling import SAMPLERS, SPACINGS, initial_noise
-    from ddpmkit.training.sample_cmd import load_model
+    from ddpmkit.training.sample_cmd import load_model, sampling_path
     from ddpmkit.viz.trajectory import TrajectoryRecorder, plot_reverse_process, save_reverse_gif
 
     model, sched, cfg, meta = load_model(Path(args.checkpoint), raw=args.raw)
@@ -245,7 +245,7 @@ def _reverse(args: argparse.Namespace) -> Path:
     rec = TrajectoryRecorder(num_snapshots=10, max_items=n)
     seeds = [args.seed + i for i in range(n)]  # as ddpm sample: sample i is the same image
     x_T = initial_noise((n, *shape), seeds=seeds)
-    bf16 = meta.get("precision") == "bf16"
+    bf16 = sampling_path(meta, next(model.parameters()).device).bf16
     from ddpmkit.training.build import x0_clip_from_meta
 
     clip = x0_clip_from_meta(meta["data"])

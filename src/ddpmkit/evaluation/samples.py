@@ -1,6 +1,6 @@
 """Samples of a model SOURCE for ``ddpm eval``, drawn by ``ddpm sample``'s own code.
 
-:func:`sampling_settings` fills in the sampler defaults (dpmpp, 20 steps, ...) that the report
+:func:`sampling_settings` fills in the sampler defaults (the model's own [sample] settings) that the report
 states; :func:`draw_samples` runs :func:`ddpmkit.training.sample_cmd.run_sample` into a
 temporary folder (per-sample seeds, class-balanced labels for conditional models) and reads the
 samples back.
@@ -25,18 +25,35 @@ from ddpmkit.training.config import ConfigError
 __all__ = ["draw_samples", "sampling_settings"]
 
 
-def sampling_settings(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
-    """Sampler, steps, spacing, eta, guidance and seed: the arguments or their defaults."""
-    sampler = args.sampler or "dpmpp"
+def sampling_settings(
+    args: argparse.Namespace, plan: Plan, meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Sampler, steps, spacing, eta, guidance and seed: the arguments, else the model's own
+    ``[sample]`` settings (those its training previews used, from ``meta``), else dpmpp with
+    20 log-SNR steps and no guidance."""
+    own: dict[str, Any] = {}
+    if meta is not None and isinstance(meta.get("config", {}).get("sample"), dict):
+        own = meta["config"]["sample"]
+    sampler = args.sampler or own.get("sampler") or "dpmpp"
     steps = args.steps
     if steps is None:
-        steps = min({"ddpm": plan.num_steps, "ddim": 50, "dpmpp": 20}[sampler], plan.num_steps)
+        default = {"ddpm": plan.num_steps, "ddim": 50, "dpmpp": 20}[sampler]
+        if own.get("sampler") == sampler and own.get("steps"):
+            default = int(own["steps"])
+        steps = min(default, plan.num_steps)
+    spacing = args.spacing
+    if spacing is None:
+        same = own.get("sampler") == sampler and own.get("spacing")
+        spacing = own["spacing"] if same else ("logsnr" if sampler == "dpmpp" else "trailing")
+    guidance = args.guidance
+    if guidance is None:
+        guidance = float(own.get("guidance", 1.0)) if plan.num_classes else 1.0
     return {
         "sampler": sampler,
         "steps": int(steps),
-        "spacing": args.spacing or ("logsnr" if sampler == "dpmpp" else "trailing"),
+        "spacing": spacing,
         "eta": float(args.eta) if args.eta is not None else 0.0,
-        "guidance": float(args.guidance) if args.guidance is not None else 1.0,
+        "guidance": float(guidance),
         "seed": int(args.seed) if args.seed is not None else 0,
     }
 
@@ -47,7 +64,7 @@ def draw_samples(
     """Samples from the model through ``ddpm sample``'s own code (into a temporary folder)."""
     from ddpmkit.training.sample_cmd import run_sample
 
-    s = sampling_settings(args, plan)
+    s = sampling_settings(args, plan, src.meta)
     if s["guidance"] != 1.0 and not plan.num_classes:
         raise ConfigError(f"--guidance: {src.path} is not a class-conditional model")
     ns = argparse.Namespace(

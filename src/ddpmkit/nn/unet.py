@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -63,6 +64,10 @@ class UNetConfig:
         scale_shift: FiLM-style GN(h) * (1 + scale) + shift from the time embedding
             (improved-diffusion); False adds it as a bias before the norm (Ho et al.).
         groups: GroupNorm groups; must divide every level's width.
+        patch_size: space-to-depth factor p: the input (C, H, W) is rearranged into
+            (C p^2, H/p, W/p) (``pixel_unshuffle``) before conv_in and the output back
+            (``pixel_shuffle``), so the first level works at H/p x W/p with p^2 more input
+            channels; 1 = off. Levels' sizes (attention_resolutions) are those after it.
     """
 
     in_channels: int = 1
@@ -78,6 +83,7 @@ class UNetConfig:
     num_cond_tokens: int = 4
     scale_shift: bool = True
     groups: int = 8
+    patch_size: int = 1
 
     def __post_init__(self) -> None:
         # Lists (from TOML/JSON configs) become tuples so the config stays hashable and equal to
@@ -98,7 +104,8 @@ class UNetConfig:
     def level_sizes(self) -> list[int]:
         """min(H, W) of the feature maps at each level (what attention_resolutions refers to)."""
         h, w = self.hw
-        return [min(h, w) >> i for i in range(len(self.channel_mults))]
+        side = min(h, w) // max(self.patch_size, 1)
+        return [side >> i for i in range(len(self.channel_mults))]
 
     def validate(self) -> None:
         """Raise ValueError (one line, naming the field) for a config that cannot be built."""
@@ -115,11 +122,14 @@ class UNetConfig:
         for name in ("base_channels", "num_res_blocks", "groups", "num_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        factor = 2 ** (len(self.channel_mults) - 1)
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        factor = 2 ** (len(self.channel_mults) - 1) * self.patch_size
         if h < 1 or w < 1 or h % factor or w % factor:
             raise ValueError(
-                f"image_size {h}x{w} must be divisible by 2^(levels-1) = {factor} for "
-                f"channel_mults {list(self.channel_mults)}; resize the images or use fewer levels"
+                f"image_size {h}x{w} must be divisible by patch_size * 2^(levels-1) = {factor} "
+                f"for channel_mults {list(self.channel_mults)} and patch_size "
+                f"{self.patch_size}; resize the images or use fewer levels"
             )
         levels = [self.base_channels * m for m in self.channel_mults]
         for name, widths in (("groups", [self.base_channels, *levels]), ("num_heads", levels)):
@@ -215,7 +225,8 @@ class UNet(nn.Module):
             )
 
         sizes = cfg.level_sizes()
-        self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
+        c_io = cfg.in_channels * cfg.patch_size**2  # channels after space-to-depth
+        self.conv_in = nn.Conv2d(c_io, base, 3, padding=1)
         self.down = nn.ModuleList()
         skips = [base]
         ch = base
@@ -239,7 +250,7 @@ class UNet(nn.Module):
             if i > 0:
                 self.up.append(Upsample(ch))
         self.out = nn.Sequential(
-            nn.GroupNorm(g, ch), nn.SiLU(), zero_init(nn.Conv2d(ch, cfg.in_channels, 3, padding=1))
+            nn.GroupNorm(g, ch), nn.SiLU(), zero_init(nn.Conv2d(ch, c_io, 3, padding=1))
         )
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
@@ -259,7 +270,8 @@ class UNet(nn.Module):
                 emb = emb + self.label_embed(y)
             if self.label_tokens is not None:
                 tokens = self.label_tokens(y)  # (B, L, D)
-        h = self.conv_in(x)
+        p = self.cfg.patch_size
+        h = self.conv_in(F.pixel_unshuffle(x, p) if p > 1 else x)
         ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
         hs = [h]
         for mod in self.down:
@@ -283,7 +295,8 @@ class UNet(nn.Module):
                 h = _cat_level(mod, h, hs.pop(), emb, tokens)
         norm, _, conv = self.out  # (GroupNorm, SiLU, conv): kept as modules for the state dict
         assert isinstance(norm, nn.GroupNorm)
-        return conv(group_norm_act(norm, h))
+        out = conv(group_norm_act(norm, h))
+        return F.pixel_shuffle(out, p) if p > 1 else out
 
     def _middle(self, h: Tensor, emb: Tensor, tokens: Tensor | None) -> Tensor:
         h = self.mid1(h, emb)

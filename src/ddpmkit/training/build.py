@@ -160,6 +160,7 @@ def build_model(
         num_cond_tokens=cfg.num_cond_tokens,
         scale_shift=cfg.scale_shift,
         groups=cfg.groups,
+        patch_size=cfg.patch_size,
     )
     try:
         return UNet(ucfg, checkpointing=cfg.checkpointing)

@@ -50,6 +50,7 @@ class ModelConfig:
     num_cond_tokens: int = 4  # condition tokens per label for cross-attention
     scale_shift: bool = True  # FiLM-style time conditioning in ResBlocks (improved-diffusion)
     groups: int = 8  # GroupNorm groups
+    patch_size: int = 1  # space-to-depth: the U-Net works on (C p^2, H/p, W/p); 1 = off
     checkpointing: bool = False  # U-Net activation checkpointing: less memory, ~30% more time
     # MLP
     hidden: int = 128
@@ -101,6 +102,9 @@ class TrainConfig:
     num_threads: int = 0  # torch threads; 0 = leave torch's default
     log_every: int = 50
     sample_every: int = 500  # sample grid PNG every K steps; 0 = only at the end
+    # also a grid every M minutes of wall-clock, the first after M/2 (0 = off): previews at the
+    # same moments on a fast and a slow machine; none starts within M/2 of the time limit
+    preview_every_min: float = 0.0
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     time_limit_min: float = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
@@ -249,6 +253,7 @@ def validate_config(cfg: RunConfig) -> RunConfig:
         "model.hidden": m.hidden,
         "model.depth": m.depth,
         "model.groups": m.groups,
+        "model.patch_size": m.patch_size,
         "model.num_cond_tokens": m.num_cond_tokens,
         "data.num_points": dt.num_points,
     }
@@ -263,6 +268,7 @@ def validate_config(cfg: RunConfig) -> RunConfig:
         "train.ema_warmup": tr.ema_warmup,
         "train.num_threads": tr.num_threads,
         "train.sample_every": tr.sample_every,
+        "train.preview_every_min": tr.preview_every_min,
         "train.time_limit_min": tr.time_limit_min,
         "diffusion.min_snr_gamma": d.min_snr_gamma,
         "model.dropout": m.dropout,

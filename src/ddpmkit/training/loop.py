@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ddpmkit import __version__
 from ddpmkit.diffusion import diffusion_loss_per_sample
-from ddpmkit.nn.groupnorm import prefer_channels_last
+from ddpmkit.nn.compute_path import ComputePath, choose_path
 from ddpmkit.training import checkpoint as ckpt
 from ddpmkit.training.batches import Batcher, restore_rng, rng_state
 from ddpmkit.training.build import (
@@ -36,7 +36,7 @@ from ddpmkit.training.config import RunConfig
 from ddpmkit.training.distributed import init_distributed
 from ddpmkit.training.ema import EMA
 from ddpmkit.training.metrics_log import MetricLogger
-from ddpmkit.training.previews import write_preview
+from ddpmkit.training.previews import PreviewClock, write_preview
 
 __all__ = ["RunResult", "TrainingError", "train"]
 
@@ -54,26 +54,15 @@ class RunResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _use_bf16(cfg: RunConfig, device: torch.device, data: TrainData) -> bool:
-    if cfg.train.precision == "bf16":
-        return True
-    if cfg.train.precision == "fp32" or data.kind == "toy":
-        return False  # the 2-D MLPs are too small for autocast to pay off
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # Measured (benchmarks/bench_unet_layout.py): bf16 autocast is several times faster than
-    # fp32 on CPUs with native bf16 (AVX-512 BF16 / AMX); elsewhere it is emulated and slower.
-    return bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def _compute_path(cfg: RunConfig, device: torch.device, data: TrainData) -> ComputePath:
+    """bf16 or fp32, NHWC or NCHW: the fastest measured path on this device unless forced by
+    ``train.precision`` / ``train.channels_last`` (the rule: :mod:`ddpmkit.nn.compute_path`)."""
+    return choose_path(
+        device,
+        precision=cfg.train.precision,
+        channels_last=cfg.train.channels_last,
+        images=data.kind == "image",
     )
-
-
-def _use_channels_last(cfg: RunConfig, data: TrainData, device: torch.device, bf16: bool) -> bool:
-    if data.kind != "image" or cfg.train.channels_last == "off":
-        return False
-    # "auto": NHWC on a CPU in bf16 when the fused NHWC GroupNorm kernel builds (1.18-1.26x
-    # faster training there, measured); NCHW elsewhere (see nn/groupnorm.py).
-    return cfg.train.channels_last == "on" or prefer_channels_last(device, bf16)
 
 
 def _use_sync_free(cfg: RunConfig, device: torch.device) -> bool:
@@ -172,8 +161,8 @@ def train(
     sched = build_schedule(cfg.diffusion)
     torch.manual_seed(cfg.train.seed + dist.rank)
     model = build_model(cfg.model, data.sample_shape, data.num_classes, sched.num_steps).to(device)
-    bf16 = _use_bf16(cfg, device, data)
-    channels_last = _use_channels_last(cfg, data, device, bf16)
+    cpath = _compute_path(cfg, device, data)
+    bf16, channels_last = cpath.bf16, cpath.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     _preflight(model, data, device)
@@ -222,8 +211,7 @@ def train(
         n_params = sum(p.numel() for p in model.parameters())
         log(
             f"training {cfg.model.kind} ({n_params / 1e6:.2f}M parameters) on {data.source}, "
-            f"{'bf16 autocast' if bf16 else 'fp32'}"
-            f"{', channels_last' if channels_last else ''}"
+            f"{cpath.describe()}"
             f"{', sync-free step loop (fused AdamW)' if sync_free else ''}"
             f"{', torch.compile' if cfg.train.compile == 'on' else ''}, "
             f"{dist.world_size} process(es), "
@@ -313,6 +301,7 @@ def train(
             f"{at_step}; stopped ({where}); lower train.lr or check the data"
         )
 
+    previews = PreviewClock(t0, 60 * cfg.train.preview_every_min, deadline)
     t_log = time.perf_counter()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     try:
@@ -389,6 +378,12 @@ def train(
             n_acc += 1
             if bar is not None:
                 bar.update(1)
+                if math.isfinite(deadline) and step - start_step >= 3:
+                    # The time limit ends the run: the bar's total is the step it will reach,
+                    # from the rate so far (previews included), re-estimated every step.
+                    now = time.perf_counter()
+                    rate = (step - start_step) / max(now - t0, 1e-9)
+                    bar.total = max(step, min(total, step + int(rate * max(deadline - now, 0))))
             if step % cfg.train.log_every == 0 or step == total:
                 now = time.perf_counter()
                 if dist.world_size > 1:  # report the global batch's numbers, not rank 0's
@@ -419,17 +414,14 @@ def train(
                 logger.log(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{last_loss:.4f}", ips=f"{ips:.0f}")
-                    if math.isfinite(deadline):  # the time limit ends the run: show its ETA
-                        rate = n_acc / max(now - t_log, 1e-9)  # steps/s over this interval
-                        reach = step + int(rate * max(deadline - now, 0.0))
-                        bar.total = max(step, min(total, reach))
-                        bar.refresh()
                 acc_loss.zero_()
                 q_sum.zero_()
                 q_cnt.zero_()
                 n_acc, t_log = 0, now
-            if dist.is_main and cfg.train.sample_every and step % cfg.train.sample_every == 0:
+            by_step = bool(cfg.train.sample_every) and step % cfg.train.sample_every == 0
+            if dist.is_main and (by_step or previews.due(time.perf_counter())):
                 write_preview(ema.model, sched, data, cfg, run_dir, step, logger, bf16)
+                previews.done(time.perf_counter())
             if step % cfg.train.checkpoint_every == 0 and safe_to_save():
                 save(step)
     except KeyboardInterrupt:

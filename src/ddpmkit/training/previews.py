@@ -7,6 +7,7 @@ snapshots (PNG + GIF) at the end.
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -24,9 +25,30 @@ if TYPE_CHECKING:
     from ddpmkit.training.config import RunConfig
     from ddpmkit.training.metrics_log import MetricLogger
 
-__all__ = ["class_grid_labels", "sample_images", "write_preview"]
+__all__ = ["PreviewClock", "class_grid_labels", "sample_images", "write_preview"]
 
 PREVIEW_SEED = 1234  # the same noise at every preview, so grids over training are comparable
+
+
+class PreviewClock:
+    """When the next wall-clock preview is due (``train.preview_every_min``).
+
+    With period P seconds: the first preview after P/2, then every P after the last one ended
+    (so a slow preview never makes previews back to back), none starting less than P/2 before
+    ``deadline`` (the run's final grid comes then anyway). ``period_s = 0``: never due.
+    """
+
+    def __init__(self, start: float, period_s: float, deadline: float = math.inf):
+        self.period, self.deadline = period_s, deadline
+        self.next = start + period_s / 2 if period_s > 0 else math.inf
+
+    def due(self, now: float) -> bool:
+        return now >= self.next and now + self.period / 2 <= self.deadline
+
+    def done(self, now: float) -> None:
+        """A preview (timed or by step) ended at ``now``: the next timed one is P later."""
+        if self.period > 0:
+            self.next = now + self.period
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> Tensor:
