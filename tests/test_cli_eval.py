@@ -131,7 +131,8 @@ def test_checkpoint_end_to_end(
     assert {*keys.split(), "memorisation", "depends_on", "notes"} <= set(report)
     s = report["samples"]
     assert (s["num"], s["sampler"], s["steps"], s["weights"]) == (20, "ddim", 5, "EMA")
-    assert s["spacing"] == "trailing" and s["guidance"] == 1.0 and "class-balanced" in s["labels"]
+    assert s["spacing"] == "trailing" and "class-balanced" in s["labels"]
+    assert s["guidance"] == 2.0  # not given: the model's own sample.guidance (fashion preset)
     ref = report["reference"]
     assert (ref["dataset"], ref["split"], ref["size"]) == ("digits", "only", 1797)
     assert report["reference_cache"] == "miss"
@@ -162,10 +163,13 @@ def test_checkpoint_end_to_end(
     out2 = tmp_path / "ev_raw"
     report2, _ = run_eval(
         [str(image_run), "--num", "8", "--raw", "--memorisation", "0", "--bpd-images", "0",
-         "--out", str(out2)],
+         "--guidance", "1", "--out", str(out2)],
         capsys,
     )  # fmt: skip
     assert report2["samples"]["weights"] == "raw" and "raw weights" in report2["depends_on"]
+    s2 = report2["samples"]  # the model's own sampler, steps and spacing; --guidance wins
+    got = (s2["sampler"], s2["steps"], s2["spacing"], s2["guidance"])
+    assert got == ("dpmpp", 3, "logsnr", 1.0)
     assert report2["reference_cache"] == "hit"
     assert report2["likelihood"] is None and report2["memorisation"] is None
     assert not (out2 / "nearest.png").exists()

@@ -1,9 +1,9 @@
 """Samples of a model SOURCE for ``ddpm eval``, drawn by ``ddpm sample``'s own code.
 
-:func:`sampling_settings` fills in the sampler defaults (the model's own [sample] settings) that the report
-states; :func:`draw_samples` runs :func:`ddpmkit.training.sample_cmd.run_sample` into a
-temporary folder (per-sample seeds, class-balanced labels for conditional models) and reads the
-samples back.
+:func:`sampling_settings` fills in the sampler defaults (the model's own ``[sample]`` settings)
+that the report states; :func:`draw_samples` runs
+:func:`ddpmkit.training.sample_cmd.run_sample` into a temporary folder (per-sample seeds,
+class-balanced labels for conditional models) and reads the samples back.
 """
 
 from __future__ import annotations

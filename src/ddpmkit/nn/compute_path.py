@@ -64,8 +64,8 @@ def _auto_bf16(device: torch.device) -> tuple[bool, str]:
         return ok, f"CUDA {'with' if ok else 'without'} bf16"
     cap = cpu_capability()
     if cpu_has_native_bf16():
-        return True, f"CPU {cap} with native bf16: bf16 measured several times fp32"
-    return False, f"CPU {cap} without native bf16: bf16 is emulated there (measured 0.09x fp32)"
+        return True, f"CPU {cap} with native bf16, where bf16 measured several times fp32"
+    return False, f"CPU {cap} without native bf16, where bf16 measured 0.09x fp32"
 
 
 def choose_path(
@@ -106,5 +106,5 @@ def choose_path(
     # "auto": NHWC only where it was measured to pay: a CPU in bf16 with the fused GroupNorm.
     nhwc = device.type == "cpu" and bf16 and fused_kernel_available()
     if device.type == "cpu" and not bf16:
-        why += "; NCHW (fp32 channels_last measured 0.81x)"
+        why += " and fp32 channels_last 0.81x"
     return ComputePath(bf16, nhwc, why)
