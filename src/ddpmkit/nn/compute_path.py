@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddpmkit.nn.groupnorm import fused_kernel_available
+from ddpmkit.nn.groupnorm import prefer_channels_last
 
 __all__ = ["ComputePath", "choose_path", "cpu_capability", "cpu_has_native_bf16"]
 
@@ -104,7 +104,7 @@ def choose_path(
     if channels_last == "off":
         return ComputePath(bf16, False, why)
     # "auto": NHWC only where it was measured to pay: a CPU in bf16 with the fused GroupNorm.
-    nhwc = device.type == "cpu" and bf16 and fused_kernel_available()
+    nhwc = prefer_channels_last(device, bf16)
     if device.type == "cpu" and not bf16:
         why += " and fp32 channels_last 0.81x"
     return ComputePath(bf16, nhwc, why)

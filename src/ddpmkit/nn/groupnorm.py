@@ -131,8 +131,9 @@ def prefer_channels_last(device: torch.device, bf16: bool) -> bool:
     2-core AVX-512-BF16 CPU (``benchmarks/bench_vs_diffusers.py --extra nchw``,
     ``docs/performance.md``), NHWC with the fused GroupNorm trains the fashion preset's U-Net
     1.18x and the folder64 one 1.26x faster than NCHW, and samples 1.22x and 1.30x faster;
-    without the kernel, NHWC was slower (0.84x training). fp32 and CUDA keep NCHW (not measured
-    to pay).
+    without the kernel, NHWC was slower (0.84x training). fp32 keeps NCHW (measured on a 2-core
+    AVX2 CPU: fp32 NHWC with the kernel 0.81x training, 0.78x sampling), as does CUDA (not
+    measured to pay). :func:`ddpmkit.nn.compute_path.choose_path` applies this rule.
     """
     return device.type == "cpu" and bf16 and fused_kernel_available()
 

@@ -376,12 +376,12 @@ def train(
                 acc_loss += step_loss
             step += 1
             n_acc += 1
+            now = time.perf_counter()  # one clock read per step: the bar and timed previews
             if bar is not None:
                 bar.update(1)
                 if math.isfinite(deadline) and step - start_step >= 3:
                     # The time limit ends the run: the bar's total is the step it will reach,
                     # from the rate so far (previews included), re-estimated every step.
-                    now = time.perf_counter()
                     rate = (step - start_step) / max(now - t0, 1e-9)
                     bar.total = max(step, min(total, step + int(rate * max(deadline - now, 0))))
             if step % cfg.train.log_every == 0 or step == total:
@@ -419,7 +419,7 @@ def train(
                 q_cnt.zero_()
                 n_acc, t_log = 0, now
             by_step = bool(cfg.train.sample_every) and step % cfg.train.sample_every == 0
-            if dist.is_main and (by_step or previews.due(time.perf_counter())):
+            if dist.is_main and (by_step or previews.due(now)):
                 write_preview(ema.model, sched, data, cfg, run_dir, step, logger, bf16)
                 previews.done(time.perf_counter())
             if step % cfg.train.checkpoint_every == 0 and safe_to_save():
