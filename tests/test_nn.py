@@ -57,6 +57,34 @@ def small_net(conditioning: str, seed: int = 0, **kw: object) -> UNet:
 # --------------------------------------------------------------------------- shapes
 
 
+def check_values(net: UNet, x: torch.Tensor, conditional_net: bool) -> None:
+    """Values, not only shapes, of a perturbed U-Net on a batch of 3 copies of x (1, C, H, W).
+
+    Items 0 and 1 differ only in t, items 0 and 2 only in y (ignored by an unconditional net);
+    replacing item 2 leaves items 0 and 1 unchanged (no mixing across the batch); channels_last
+    computes the same function as NCHW.
+    """
+    x = torch.cat([x[:1]] * 3)
+    t, y = torch.tensor([10, 900, 10]), torch.tensor([0, 0, 1])
+    with torch.no_grad():
+        out = net(x, t, y)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        assert float(out.abs().max()) > 1e-3  # not the zero output of the initialisation
+        assert float((out[0] - out[1]).abs().max()) > 1e-4  # t is used
+        if conditional_net:
+            assert float((out[0] - out[2]).abs().max()) > 1e-4  # y is used
+        else:
+            torch.testing.assert_close(out[0], out[2], rtol=1e-5, atol=1e-6)
+        x2, t2, y2 = x.clone(), t.clone(), y.clone()
+        x2[2], t2[2], y2[2] = torch.randn(x.shape[1:]), 500, -1
+        out2 = net(x2, t2, y2)
+        torch.testing.assert_close(out2[:2], out[:2], rtol=1e-5, atol=1e-6)
+        assert float((out2[2] - out[2]).abs().max()) > 1e-4
+        net.to(memory_format=torch.channels_last)
+        out_cl = net(x.contiguous(memory_format=torch.channels_last), t, y)
+        torch.testing.assert_close(out_cl, out, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "channels, size, attention_on, conditioning",
     list(itertools.product([1, 3], [8, 28, 32, 64], [True, False], CONDITIONINGS)),
@@ -71,11 +99,38 @@ def test_output_shape_equals_input_shape(
         channel_mults=MULTS[size],
         attention_resolutions=(size // 2,) if attention_on else (),
     )
-    net = UNet(cfg)
+    torch.manual_seed(0)
+    net = perturbed(UNet(cfg))
     x = torch.randn(1, channels, size, size)
     y = None if conditioning == "none" else torch.tensor([2])
     with torch.no_grad():
-        assert net(x, torch.tensor([999]), y).shape == x.shape
+        out = net(x, torch.tensor([999]), y)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert float(out.abs().max()) > 1e-3  # every path reaches the output (not the init's 0)
+
+
+@pytest.mark.parametrize(
+    "channels, size, attention_on, conditioning",
+    [
+        (1 + 2 * (size == 8), size, a, c)
+        for size in (8, 28)
+        for a in (True, False)
+        for c in CONDITIONINGS
+    ],
+)
+def test_output_values_depend_on_t_y_and_only_their_own_item(
+    channels: int, size: int, attention_on: bool, conditioning: str
+) -> None:
+    cfg = conditional(
+        conditioning,
+        in_channels=channels,
+        image_size=size,
+        channel_mults=MULTS[size],
+        attention_resolutions=(size // 2,) if attention_on else (),
+    )
+    torch.manual_seed(0)
+    net = perturbed(UNet(cfg))
+    check_values(net, torch.randn(1, channels, size, size), conditioning != "none")
 
 
 @pytest.mark.parametrize(
@@ -84,10 +139,9 @@ def test_output_shape_equals_input_shape(
 )
 def test_non_square(hw: tuple[int, int], mults: tuple[int, ...], attn: tuple[int, ...]) -> None:
     # attention_resolutions refers to min(H, W) of a level: 28x20 -> levels 20, 10.
+    torch.manual_seed(0)
     net = UNet(tiny(in_channels=3, image_size=hw, channel_mults=mults, attention_resolutions=attn))
-    x = torch.randn(2, 3, *hw)
-    with torch.no_grad():
-        assert net(x, torch.tensor([0, 1])).shape == x.shape
+    check_values(perturbed(net), torch.randn(1, 3, *hw), conditional_net=False)
 
 
 def test_fresh_network_outputs_zero() -> None:
