@@ -181,18 +181,46 @@ def test_future_version_and_garbage_state(tmp_path: Path) -> None:
 
 
 def test_ema_never_touches_integer_buffers_and_warms_up() -> None:
+    # Parameters and float buffers (BatchNorm's running statistics) are averaged with the
+    # warm-up decay d_n = decay * min(1, n / warmup), n = earlier updates; integer buffers
+    # (num_batches_tracked) are copied. Expected values are computed by hand below.
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    bn = net[1]
     ema = EMA(net, decay=0.9, warmup=10)
+    ema_bn = ema.model[1]
     assert ema.current_decay() == 0.0  # first update copies the weights
     with torch.no_grad():
         net[0].weight.fill_(1.0)
+        bn.running_mean.fill_(1.0)
+        bn.running_var.fill_(4.0)
+        bn.num_batches_tracked.fill_(7)
     ema.update(net)
-    assert torch.equal(ema.model[0].weight, net[0].weight)
-    w_ema = ema.model[0].weight.clone()
+    assert torch.equal(ema.model[0].weight, torch.ones(2, 2))
+    assert torch.equal(ema_bn.running_mean, torch.ones(2))
+    assert torch.equal(ema_bn.running_var, torch.full((2,), 4.0))
+    assert ema_bn.num_batches_tracked.dtype == torch.int64
+    assert int(ema_bn.num_batches_tracked) == 7
     with torch.no_grad():
         net[0].weight.fill_(3.0)
-    d = ema.current_decay()
-    assert d == pytest.approx(0.09)
+        bn.running_mean.fill_(3.0)
+        bn.running_var.fill_(2.0)
+        bn.num_batches_tracked.fill_(12)
+    assert ema.current_decay() == pytest.approx(0.09)  # 0.9 * 1 / 10
     ema.update(net)
-    assert torch.allclose(ema.model[0].weight, d * w_ema + (1 - d) * 3.0)
+    # 0.09 * 1 + 0.91 * 3 = 2.82; 0.09 * 4 + 0.91 * 2 = 2.18
+    torch.testing.assert_close(ema.model[0].weight, torch.full((2, 2), 2.82))
+    torch.testing.assert_close(ema_bn.running_mean, torch.full((2,), 2.82))
+    torch.testing.assert_close(ema_bn.running_var, torch.full((2,), 2.18))
+    assert int(ema_bn.num_batches_tracked) == 12  # copied, not averaged (would be 11.55)
+    # A skipped update (weight 0, the sync-free loop's non-finite step) moves no float value.
+    with torch.no_grad():
+        bn.running_mean.fill_(100.0)
+        bn.num_batches_tracked.fill_(13)
+    ema.update(net, weight=torch.tensor(0.0))
+    torch.testing.assert_close(ema_bn.running_mean, torch.full((2,), 2.82))
+    torch.testing.assert_close(ema.model[0].weight, torch.full((2, 2), 2.82))
+    assert int(ema_bn.num_batches_tracked) == 13
+    assert ema.num_updates == 3 and ema.current_decay() == pytest.approx(0.27)
+    # The live model's buffers are untouched by the EMA.
+    assert torch.equal(bn.running_mean, torch.full((2,), 100.0))
     assert not any(p.requires_grad for p in ema.model.parameters())

@@ -1,8 +1,10 @@
 """Exponential moving average of a model's weights (Polyak averaging).
 
-Only floating-point *parameters and buffers of the network* are averaged. Noise-schedule
-constants are never part of a network in ddpmkit (they live in the immutable NoiseSchedule), so
-an EMA can never corrupt them; integer buffers are copied, not averaged.
+Floating-point *parameters and buffers of the network* are averaged (so running statistics,
+e.g. BatchNorm's, match the averaged weights, and a skipped update leaves them alone too);
+integer buffers (counters such as ``num_batches_tracked``) are copied, not averaged.
+Noise-schedule constants are never part of a network in ddpmkit (they live in the immutable
+NoiseSchedule), so an EMA can never corrupt them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ __all__ = ["EMA"]
 
 
 class EMA:
-    """ema <- d_n * ema + (1 - d_n) * w after update n, with d_n = decay * min(1, n / warmup).
+    """Update n (n = 0, 1, ...: the number of earlier updates) does ema <- d_n ema + (1 - d_n) w
+    with d_n = decay * min(1, n / warmup).
 
-    The warm-up ramps the decay linearly from 0 over ``warmup`` updates, so the average follows
-    the fast early changes instead of remembering the random initialisation for ~1/(1 - decay)
-    steps; ``warmup = 0`` uses ``decay`` from the first update.
+    So the first update (d_0 = 0) copies the weights, and the decay ramps linearly from 0 to
+    ``decay`` over ``warmup`` updates: the average follows the fast early changes instead of
+    remembering the random initialisation for ~1/(1 - decay) steps. ``warmup = 0`` uses
+    ``decay`` from the first update.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: int = 100):
@@ -48,13 +52,17 @@ class EMA:
         d = self.current_decay()
         ema_params: list[Tensor] = list(self.model.parameters())
         params: list[Tensor] = [p.detach() for p in model.parameters()]
+        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            if b_ema.is_floating_point():
+                ema_params.append(b_ema)
+                params.append(b.detach())
+            else:
+                b_ema.copy_(b)
         if weight is None:
             torch._foreach_lerp_(ema_params, params, 1.0 - d)
         else:
             # a 0-d tensor weight: supported by torch, not by its type stubs
             torch._foreach_lerp_(ema_params, params, weight * (1.0 - d))  # type: ignore[call-overload]
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
         self.num_updates += 1
 
     def state_dict(self) -> dict[str, Tensor]:
