@@ -76,9 +76,18 @@ def test_pixel_and_feature_distances() -> None:
     tf = torch.randn(20, 6, generator=g)
     sf = tf[[4, 9, 11]] + 0.0
     m = check_memorisation(samples, train, sample_features=sf, train_features=tf)
+    # Sample 1 is train[1] with one pixel p flipped to 255 - p: |255 - 2p| / 255 from train[1];
+    # the nearest image and its distance by a plain loop over the training set in [0, 1].
     diff = abs(255 - 2 * int(train[1, 0, 0, 0])) / 255.0
-    d_pix, _ = nearest_neighbours(samples[1:2], train)
-    assert m.pixel_dist[1].item() == pytest.approx(min(diff, float(d_pix) / 255), abs=1e-12)
+    s1 = [v / 255.0 for v in samples[1].flatten().tolist()]
+    dists = [
+        sum((a - b / 255.0) ** 2 for a, b in zip(s1, img.flatten().tolist(), strict=True)) ** 0.5
+        for img in train
+    ]
+    j = min(range(len(dists)), key=lambda k: (dists[k], k))
+    assert dists[1] == pytest.approx(diff, abs=1e-12)
+    assert m.pixel_dist[1].item() == pytest.approx(dists[j], abs=1e-12)
+    assert int(m.pixel_index[1]) == j
     assert m.pixel_dist[0].item() == 0.0 and m.pixel_dist[2].item() == 0.0
     assert m.feature_index is not None and m.feature_dist is not None
     assert m.feature_index.tolist() == [4, 9, 11]
