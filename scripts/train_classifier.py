@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -58,7 +57,7 @@ from ddpmkit.evaluation.classifier import (
     tensors_to_store,
     user_classifier_path,
 )
-from ddpmkit.training.checkpoint import atomic_write_text, fsync_dir
+from ddpmkit.io import atomic_write, atomic_write_text
 
 SHIPPED = ("fashion_mnist", "digits", "mnist")
 DEFAULTS = {  # dataset: (epochs, batch size, max learning rate)
@@ -179,20 +178,9 @@ def accuracy(net: FeatureNet, images: Tensor, labels: Tensor, batch: int = 1000)
 
 def save_weights(tensors: dict[str, Tensor], path: Path) -> str:
     """Write tensors atomically (temp + fsync + rename); returns the file's SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp))
-        os.chmod(tmp, 0o644)  # package data: readable by everyone
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        sha = file_sha256(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-    return sha
+    # package data: readable by everyone (mode 0o644)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)), mode=0o644)
+    return file_sha256(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """Checksummed downloads of the MNIST-like IDX files into the cache, written atomically.
 
 :func:`fetch` streams a URL into a temporary file in the destination folder, checks it against
-one or more checksums and only then renames it into place (``os.replace``), so an interrupted
-or corrupt download never leaves a file under the final name. The cache is ``$DDPMKIT_CACHE``,
-default ``~/.cache/ddpmkit``.
+one or more checksums and only then renames it into place (:func:`ddpmkit.io.atomic_write`), so
+an interrupted or corrupt download never leaves a file under the final name. The cache is
+:func:`ddpmkit.io.cache_dir`: ``$DDPMKIT_CACHE`` if set and not empty, else ``~/.cache/ddpmkit``.
 
 Checksums are strings ``"<algo>:<hex>"`` (any :mod:`hashlib` algorithm, e.g. ``sha256``, ``md5``),
 a bare hex digest (SHA-256), or ``"gunzip+<algo>:<hex>"``, a digest of the file's
@@ -27,7 +27,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -35,7 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ddpmkit.data.images import DatasetError
+from ddpmkit.errors import DatasetError
+from ddpmkit.io import atomic_write, cache_dir
 
 __all__ = ["SOURCES", "Source", "cache_dir", "fetch", "fetch_dataset", "file_digest"]
 
@@ -103,12 +103,6 @@ SOURCES: dict[str, Source] = {
 _CHUNK = 1 << 20
 
 
-def cache_dir() -> Path:
-    """``$DDPMKIT_CACHE`` if set, else ``~/.cache/ddpmkit``."""
-    env = os.environ.get("DDPMKIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddpmkit"
-
-
 def _parse(checksum: str) -> tuple[bool, str, str]:
     """``'gunzip+md5:ab'`` -> (True, 'md5', 'ab'); a bare hex digest is SHA-256 of the bytes."""
     spec, _, digest = checksum.strip().rpartition(":")
@@ -169,17 +163,9 @@ def fetch(
         dest = cache_dir() / dest
     if dest.is_file() and _matches(dest, sums)[0]:
         return dest
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as e:
-        raise DatasetError(
-            f"cannot write into {dest.parent} ({e.strerror}); set DDPMKIT_CACHE or data.root "
-            "to a writable folder"
-        ) from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def download(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             try:
                 req = urllib.request.Request(url, headers={"User-Agent": "ddpmkit"})
                 with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -194,17 +180,20 @@ def fetch(
                 raise DatasetError(
                     f"download of {url} failed: {why}; check the network, or use a mirror"
                 ) from None
-            f.flush()
-            os.fsync(f.fileno())
         ok, why = _matches(tmp, sums)
         if not ok:
             raise DatasetError(
                 f"download of {url} does not match its checksum ({why}); not kept. The server "
                 "may serve a different or damaged file: retry, or use another mirror"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    try:
+        atomic_write(dest, download)
+    except OSError as e:  # the folder cannot be created or written (download errors are above)
+        raise DatasetError(
+            f"cannot write into {dest.parent} ({e.strerror}); set DDPMKIT_CACHE or data.root "
+            "to a writable folder"
+        ) from None
     return dest
 
 

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ddpmkit.data.images import DatasetError, ImageData, as_image_size, resize_center_crop
+from ddpmkit.data.images import ImageData, as_image_size, resize_center_crop
+from ddpmkit.errors import DatasetError
 
 __all__ = ["EXTENSIONS", "load_image_file", "load_image_folder", "scan_image_files"]
 

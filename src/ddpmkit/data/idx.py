@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpmkit.data.download import cache_dir, fetch_dataset
-from ddpmkit.data.images import DatasetError, ImageData
+from ddpmkit.data.download import fetch_dataset
+from ddpmkit.data.images import ImageData
+from ddpmkit.errors import DatasetError
+from ddpmkit.io import cache_dir
 
 __all__ = [
     "CLASS_NAMES",

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddpmkit.errors import DatasetError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -34,10 +36,6 @@ __all__ = [
     "resize_images",
     "to_model_range",
 ]
-
-
-class DatasetError(ValueError):
-    """A user-facing data problem; the one-line message says what is wrong and how to fix it."""
 
 
 @dataclass

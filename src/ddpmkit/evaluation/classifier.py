@@ -9,8 +9,8 @@
   next to a JSON with the architecture, the measured test accuracy and its test split, the
   training command and the SHA-256 of the tensor file (the MNIST one: trained on 8,000 MNIST
   training images, tested on 2,000 held out; see ``scripts/train_classifier.py``). Weights
-  trained with ``--out`` in the user cache (``$DDPMKIT_CACHE/classifiers``, default
-  ``~/.cache/ddpmkit/classifiers``) are where :func:`load_classifier` looks second.
+  trained with ``--out`` in the user cache (``classifiers`` in :func:`ddpmkit.io.cache_dir`,
+  default ``~/.cache/ddpmkit/classifiers``) are where :func:`load_classifier` looks second.
 * :func:`generic_extractor`: for any other images, a fixed random-weight CNN that needs no
   download. Its weights come from a seeded ``torch.Generator`` on the CPU, so every machine builds
   the same network. Random convolutional features are a known-usable but weaker substitute for
@@ -20,13 +20,12 @@
 
 Weights are read only with safetensors (nothing is unpickled); the file's SHA-256 and every
 tensor's shape are checked against the JSON before use. Problems with a weights file raise
-:class:`~ddpmkit.training.checkpoint.CheckpointError`, images of the wrong shape for a dataset's
-classifier :class:`~ddpmkit.data.images.DatasetError` (both ``ValueError``, one-line messages).
+:class:`~ddpmkit.errors.CheckpointError`, images of the wrong shape for a dataset's
+classifier :class:`~ddpmkit.errors.DatasetError` (both ``ValueError``, one-line messages).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ddpmkit.data.download import cache_dir
-from ddpmkit.data.images import DatasetError, to_model_range
-from ddpmkit.training.checkpoint import CheckpointError, file_sha256
+from ddpmkit.data.images import to_model_range
+from ddpmkit.errors import CheckpointError, DatasetError
+from ddpmkit.io import cache_dir, file_sha256, read_json_object
 
 __all__ = [
     "CLASSIFIER_DATASETS",
@@ -160,14 +159,7 @@ def classifier_meta_path(weights: Path) -> Path:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; classifier weights need their JSON") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    meta = read_json_object(path, CheckpointError, "classifier weights need their JSON")
     missing = [k for k in ("dataset", "architecture", "sha256") if k not in meta]
     if missing:
         raise CheckpointError(f"{path}: missing key(s) {', '.join(missing)}")

@@ -12,17 +12,16 @@ result is cached. The cache key is a SHA-256 over
 Layout: ``<cache>/<key>.safetensors`` (``features`` float32 (N, D), ``mu`` float64 (D,),
 ``cov`` float64 (D, D)) and ``<key>.json`` (what the entry is: dataset description, size,
 fingerprint, extractor, the SHA-256 of the tensor file). Both are written atomically
-(temporary file in the same folder, fsync, rename), the tensor file first and the JSON last, so
+(:func:`ddpmkit.io.atomic_write`), the tensor file first and the JSON last, so
 an entry without its JSON is incomplete and ignored; an entry whose JSON or tensor file does not
 match (other fingerprint, truncated or corrupt file) is a miss and is recomputed. The default
-folder is ``$DDPMKIT_CACHE/ref_stats`` (``~/.cache/ddpmkit/ref_stats``).
+folder is ``ref_stats`` in :func:`ddpmkit.io.cache_dir` (``~/.cache/ddpmkit/ref_stats``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ddpmkit.data.download import cache_dir
 from ddpmkit.evaluation.metrics import feature_statistics
-from ddpmkit.training.checkpoint import file_sha256, fsync_dir
+from ddpmkit.io import atomic_write, atomic_write_text, cache_dir, file_sha256, read_json_object
 
 __all__ = [
     "CACHE_FORMAT",
@@ -101,19 +99,6 @@ def cache_key(fingerprint: str, extractor_id: str) -> str:
     return _sha256_bytes(blob.encode())[:32]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
 def save_cached(folder: Path, key: str, stats: RefStats) -> Path:
     """Write ``stats`` as entry ``key`` of ``folder`` (tensors first, JSON last, atomic)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,13 +108,9 @@ def save_cached(folder: Path, key: str, stats: RefStats) -> Path:
         "cov": stats.cov.detach().double().cpu().contiguous(),
     }
     st_path = folder / f"{key}.safetensors"
-    _atomic_write(st_path, lambda p: save_file(tensors, str(p)))
+    atomic_write(st_path, lambda p: save_file(tensors, str(p)))
     info = {**stats.info, "format": CACHE_FORMAT, "sha256": file_sha256(st_path)}
-
-    def write_json(p: Path) -> None:
-        p.write_text(json.dumps(info, indent=1, sort_keys=True), encoding="utf-8")
-
-    _atomic_write(folder / f"{key}.json", write_json)
+    atomic_write_text(folder / f"{key}.json", json.dumps(info, indent=1, sort_keys=True))
     return st_path
 
 
@@ -142,8 +123,11 @@ def load_cached(folder: Path, key: str, expect: dict[str, Any]) -> RefStats | No
     if not js.is_file() or not st.is_file():
         return None
     try:
-        info = json.loads(js.read_text(encoding="utf-8"))
-        if not isinstance(info, dict) or info.get("format") != CACHE_FORMAT:
+        info = read_json_object(js)
+    except ValueError:  # unreadable, not JSON or not an object: a miss
+        return None
+    try:
+        if info.get("format") != CACHE_FORMAT:
             return None
         if any(info.get(k) != v for k, v in expect.items()):
             return None
@@ -151,7 +135,7 @@ def load_cached(folder: Path, key: str, expect: dict[str, Any]) -> RefStats | No
             return None
         t = load_file(str(st))
         feats, mu, cov = t["features"], t["mu"], t["cov"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError, KeyError):
+    except (OSError, SafetensorError, KeyError):
         return None
     d = int(mu.shape[0]) if mu.ndim == 1 else -1
     if feats.ndim != 2 or feats.shape[1] != d or tuple(cov.shape) != (d, d):

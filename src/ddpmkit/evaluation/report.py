@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from ddpmkit.io import atomic_write_text
 
 __all__ = ["METRIC_INFO", "depends_on", "format_table", "write_json"]
 
@@ -102,20 +103,8 @@ def write_json(path: Path, report: dict[str, Any]) -> Path:
 
     Non-finite numbers become ``null``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_finite(report), f, indent=1, allow_nan=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    text = json.dumps(_finite(report), indent=1, allow_nan=False, default=_json_default)
+    return atomic_write_text(path, text + "\n")
 
 
 def _finite(obj: Any) -> Any:

@@ -21,9 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddpmkit.data.images import DatasetError
-from ddpmkit.training.checkpoint import CheckpointError
-from ddpmkit.training.config import ConfigError
+from ddpmkit.errors import CheckpointError, ConfigError, DatasetError
 
 __all__ = ["Source", "open_source"]
 

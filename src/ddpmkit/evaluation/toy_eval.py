@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ddpmkit.data.images import DatasetError
+from ddpmkit.errors import DatasetError
 from ddpmkit.evaluation.plan import MIN_SAMPLES, Plan
 from ddpmkit.evaluation.samples import draw_samples
 from ddpmkit.evaluation.sources import Source

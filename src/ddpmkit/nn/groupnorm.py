@@ -11,11 +11,11 @@ improved-diffusion's ``use_scale_shift_norm``; SiLU: Elfwing et al. 2018). ``sca
 On a CPU, for a channels_last (NHWC) ``x`` in float32 or bfloat16, it runs a fused C++ kernel
 (``csrc/groupnorm_nhwc.cpp``: one pass for the statistics and one for the output forward, two
 passes backward), built on first use with the C++ compiler torch's extension loader finds and
-cached under ``~/.cache/ddpmkit`` (or ``$DDPMKIT_CACHE``). Everywhere else (NCHW maps, CUDA,
-no compiler, ``torch.compile`` tracing) it runs torch's own ops, which compute the same
-function. Why: torch's native GroupNorm on NHWC maps takes 2-5x its NCHW time on this CPU,
-which cancels the gain of oneDNN's NHWC convolutions; with the fused kernel, channels_last
-training is faster than NCHW (``docs/performance.md``).
+cached in :func:`ddpmkit.io.cache_dir` (``$DDPMKIT_CACHE``, default ``~/.cache/ddpmkit``).
+Everywhere else (NCHW maps, CUDA, no compiler, ``torch.compile`` tracing) it runs torch's own
+ops, which compute the same function. Why: torch's native GroupNorm on NHWC maps takes 2-5x its
+NCHW time on this CPU, which cancels the gain of oneDNN's NHWC convolutions; with the fused
+kernel, channels_last training is faster than NCHW (``docs/performance.md``).
 
 ``fused_kernel_available()`` says whether the kernel built; the build is tried once per process
 and a failure is reported once, as a warning naming the cause.
@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ddpmkit.io import cache_dir
 
 __all__ = [
     "fused_kernel_available",
@@ -63,7 +65,8 @@ def _cpu_signature() -> bytes:
 
 
 def _cache_dir() -> Path:
-    root = Path(os.environ.get("DDPMKIT_CACHE", Path.home() / ".cache" / "ddpmkit"))
+    """The build folder: named by the source's hash, torch's version and the CPU."""
+    root = cache_dir()
     digest = hashlib.sha256(_SOURCE.read_bytes() + _cpu_signature()).hexdigest()[:12]
     return root / f"groupnorm_nhwc-torch{torch.__version__}-{digest}"
 

@@ -15,7 +15,6 @@ old or the new checkpoint complete; loaders never see a partial one. Nothing is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ddpmkit.errors import CheckpointError
+from ddpmkit.io import atomic_write, atomic_write_text, file_sha256, fsync_dir, read_json_object
+
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
@@ -36,6 +38,7 @@ __all__ = [
     "atomic_write_text",
     "clean_temporaries",
     "find_latest",
+    "file_sha256",
     "fsync_dir",
     "is_temporary",
     "load_checkpoint",
@@ -51,52 +54,10 @@ _STEP_DIR = re.compile(r"^step_(\d{8})$")
 TENSOR_FILES = ("model", "ema", "optimizer", "rng")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the problem."""
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as f:
         f.flush()
         os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder + fsync + rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _contiguous(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -271,14 +232,7 @@ def _read_tensors(path: Path, expected_sha: str | None) -> dict[str, Tensor]:
 
 
 def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; this is not a ddpmkit checkpoint") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    state = read_json_object(path, CheckpointError, "this is not a ddpmkit checkpoint")
     version = state.get("format_version")
     if not isinstance(version, int):
         raise CheckpointError(f"{path}: no format_version; this is not a ddpmkit checkpoint")
@@ -314,16 +268,9 @@ def load_checkpoint(path: Path, *, with_optimizer: bool = True) -> LoadedCheckpo
 
 def save_model_export(out_dir: Path, weights: Mapping[str, Tensor], meta: dict[str, Any]) -> None:
     """Write the standalone model (``model.safetensors`` + ``config.json``) atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".model.safetensors.tmp-{os.getpid()}"
-    try:
-        save_file(_contiguous(weights), str(tmp))
-        _fsync_file(tmp)
-        sha = file_sha256(tmp)
-        os.replace(tmp, out_dir / "model.safetensors")
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    tensors = _contiguous(weights)
+    path = atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    sha = file_sha256(path)
     info = {"format_version": FORMAT_VERSION, "sha256": {"model": sha}, **meta}
     atomic_write_text(out_dir / "config.json", json.dumps(info, indent=1))
 

@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 
 import tomllib
 
+from ddpmkit.errors import ConfigError
+from ddpmkit.training.presets import preset_path
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -30,10 +33,6 @@ __all__ = [
     "config_from_dict",
     "load_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message names the key and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -356,8 +355,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     else:
         p = Path(path)
         if not p.is_file() and p.suffix == "":  # a bare name is a built-in preset
-            from ddpmkit.training.presets import preset_path
-
             p = preset_path(str(path))
         data = _parse_toml(p)
     data = apply_overrides(data, overrides or [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from ddpmkit.training.config import ConfigError
+from ddpmkit.errors import ConfigError
 
 __all__ = ["list_presets", "preset_path"]
 

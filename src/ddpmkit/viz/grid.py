@@ -2,24 +2,25 @@
 
 Images come in as uint8 tensors or arrays of shape (N, C, H, W) with C in {1, 3, 4}; use
 :func:`to_uint8` to turn model-space floats in [-1, 1] into that form. Every file is written
-atomically (a temporary file in the destination folder, then ``os.replace``), so a reader never
-sees a half-written PNG, even when a run is killed mid-write.
+atomically (:func:`ddpmkit.io.atomic_write`: a temporary file in the destination folder, fsync,
+then ``os.replace``), so a reader never sees a half-written PNG, even when a run is killed
+mid-write. ``atomic_save`` is :func:`ddpmkit.io.atomic_write_stream`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ddpmkit.io import atomic_write_bytes
+from ddpmkit.io import atomic_write_stream as atomic_save
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -40,40 +41,6 @@ PadValue = int | Sequence[int]
 
 
 # ----------------------------------------------------------------------------- atomic writes
-
-
-@functools.cache
-def _umask() -> int:
-    """The process umask (read once; os.umask can only be read by setting it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_save(path: PathLike, write: Callable[[IO[bytes]], object]) -> Path:
-    """Call ``write(f)`` on a temporary file next to ``path``, then move it onto ``path``.
-
-    The parent folder is created if needed. On any error the temporary file is removed and
-    ``path`` is left untouched. Returns ``path`` as a Path.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return dest
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_save`)."""
-    return atomic_save(path, lambda f: f.write(data))
 
 
 def save_pil(image: PILImage.Image, path: PathLike, fmt: str = "PNG", **kwargs: Any) -> Path:

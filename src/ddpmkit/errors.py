@@ -1,0 +1,26 @@
+"""The user-facing error types: ``ValueError`` subclasses with one-line messages.
+
+Each message names the key or file, what is wrong, and the fix; the command line prints it as
+``ddpm: error: ...`` and exits 2. New code imports these from here; the modules that used to
+define them (``training.config``, ``training.checkpoint``, ``data.images``) re-export them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CheckpointError", "ConfigError", "DatasetError", "UsageError"]
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message names the key and what is allowed."""
+
+
+class DatasetError(ValueError):
+    """A user-facing data problem; the one-line message says what is wrong and how to fix it."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+class UsageError(ValueError):
+    """A mistake in the command line itself (a flag that does not apply, a missing argument)."""
