@@ -10,7 +10,7 @@ Equations cite Ho et al. 2020 ("DDPM"), Salimans & Ho 2022 ("v"), Hang et al. 20
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,9 @@ __all__ = [
     "x0_from_v",
 ]
 
+# the model-output parameterisations: the one list (config, CLI and samplers import it)
 Prediction = Literal["eps", "x0", "v"]
-PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v")
+PREDICTIONS: tuple[Prediction, ...] = get_args(Prediction)
 
 
 def _gather(values: Tensor, t: Tensor, x: Tensor) -> Tensor:

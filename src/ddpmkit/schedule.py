@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -39,6 +40,7 @@ from torch import Tensor
 __all__ = [
     "SCHEDULES",
     "NoiseSchedule",
+    "ScheduleName",
     "cosine_betas",
     "expand_like",
     "linear_betas",
@@ -94,7 +96,10 @@ def sigmoid_betas(num_steps: int, beta_start: float = 1e-5, beta_end: float = 5e
     return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
 
 
-SCHEDULES: dict[str, Callable[[int], Tensor]] = {
+# the named schedules; the config type (``ScheduleName``) and this table name the same ones
+ScheduleName = Literal["linear", "cosine", "quadratic", "sigmoid"]
+
+SCHEDULES: dict[ScheduleName, Callable[[int], Tensor]] = {
     "linear": linear_betas,
     "cosine": cosine_betas,
     "quadratic": quadratic_betas,

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, get_args
 
-from ddpmkit.data.images import DatasetError, ImageData, as_image_size, resize_images
+from ddpmkit.data.images import ImageData, as_image_size, resize_images
+from ddpmkit.errors import DatasetError
 
-__all__ = ["DATASETS", "load_dataset", "resize_images"]
+__all__ = ["DATASETS", "DatasetName", "load_dataset", "resize_images"]
 
-DATASETS = ("fashion_mnist", "mnist", "digits", "folder")
+# the built-in image datasets: the one list of their names (config, CLI, evaluation import it)
+DatasetName = Literal["fashion_mnist", "mnist", "digits", "folder"]
+DATASETS: tuple[DatasetName, ...] = get_args(DatasetName)
 
 
 def load_dataset(

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TOY_DATASETS", "eight_gaussians", "make_toy", "s_curve", "swiss_roll", "two_moons"]
+__all__ = [
+    "TOY_DATASETS",
+    "TOY_NAMES",
+    "ToyName",
+    "eight_gaussians",
+    "make_toy",
+    "s_curve",
+    "swiss_roll",
+    "two_moons",
+]
 
 
 def s_curve(n: int, seed: int = 0) -> Tensor:
@@ -51,7 +61,11 @@ def eight_gaussians(n: int, seed: int = 0, radius: float = 2.0, std: float = 0.1
     return (centres + std * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
 
 
-TOY_DATASETS: dict[str, Callable[..., Tensor]] = {
+# the 2-D toys: the one list of their names (config, build and evaluation import it)
+ToyName = Literal["s_curve", "swiss_roll", "moons", "eight_gaussians"]
+TOY_NAMES: tuple[ToyName, ...] = get_args(ToyName)
+
+TOY_DATASETS: dict[ToyName, Callable[..., Tensor]] = {
     "s_curve": s_curve,
     "swiss_roll": swiss_roll,
     "moons": two_moons,

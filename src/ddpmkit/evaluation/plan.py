@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ddpmkit.data.images import DatasetError, ImageData
+from ddpmkit.data.images import ImageData
+from ddpmkit.data.registry import DATASETS
+from ddpmkit.data.toy2d import TOY_NAMES
+from ddpmkit.errors import CheckpointError, ConfigError, DatasetError
 from ddpmkit.evaluation.sources import Source
-from ddpmkit.training.checkpoint import CheckpointError
-from ddpmkit.training.config import ConfigError
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -39,8 +40,8 @@ __all__ = [
     "subset",
 ]
 
-TOYS = ("s_curve", "swiss_roll", "moons", "eight_gaussians")
-IMAGE_DATASETS = ("fashion_mnist", "mnist", "digits", "folder")
+TOYS = TOY_NAMES  # the registries' names, under the names the evaluation modules use
+IMAGE_DATASETS = DATASETS
 NATIVE_SHAPES = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "digits": (1, 8, 8)}
 SINGLE_SPLIT = ("digits", "folder")  # one split: "test" and "train" are the same images
 MIN_SAMPLES = 4  # covariance needs 2, precision/recall with k = 3 needs 4

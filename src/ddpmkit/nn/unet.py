@@ -20,6 +20,7 @@ forward pass of time. Evaluation and ``no_grad``/``inference_mode`` calls are un
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +38,11 @@ from ddpmkit.nn.blocks import (
 from ddpmkit.nn.embeddings import LabelEmbedding, LabelTokens, TimeEmbedding
 from ddpmkit.nn.groupnorm import group_norm_act
 
-__all__ = ["CONDITIONINGS", "UNet", "UNetConfig", "num_parameters"]
+__all__ = ["CONDITIONINGS", "Conditioning", "UNet", "UNetConfig", "num_parameters"]
 
-CONDITIONINGS = ("add", "cross", "add+cross")
+# how class labels enter the U-Net: the one list (config validation imports it)
+Conditioning = Literal["add", "cross", "add+cross"]
+CONDITIONINGS: tuple[Conditioning, ...] = get_args(Conditioning)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class UNetConfig:
     num_heads: int = 4
     dropout: float = 0.0
     num_classes: int = 0
-    conditioning: str = "add"
+    conditioning: Conditioning = "add"
     num_cond_tokens: int = 4
     scale_shift: bool = True
     groups: int = 8

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ddpmkit.data.toy2d import TOY_NAMES
+from ddpmkit.errors import CheckpointError, ConfigError
 from ddpmkit.schedule import NoiseSchedule
-from ddpmkit.training.config import ConfigError, DiffusionConfig, ModelConfig, RunConfig
+from ddpmkit.training.config import DiffusionConfig, ModelConfig, RunConfig
 
 __all__ = ["TrainData", "build_model", "build_schedule", "load_train_data", "model_from_meta"]
-
-TOY_NAMES = ("s_curve", "swiss_roll", "moons", "eight_gaussians")
 
 
 @dataclass
@@ -182,8 +182,6 @@ def model_from_meta(meta: dict[str, Any]) -> tuple[nn.Module, NoiseSchedule, Run
 
 def load_weights(model: nn.Module, weights: dict[str, Tensor], source: str) -> None:
     """load_state_dict with a one-line error for a wrong architecture."""
-    from ddpmkit.training.checkpoint import CheckpointError
-
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:

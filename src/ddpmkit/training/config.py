@@ -14,11 +14,16 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import tomllib
 
+from ddpmkit.data.registry import DatasetName
+from ddpmkit.data.toy2d import ToyName
+from ddpmkit.diffusion import Prediction
 from ddpmkit.errors import ConfigError
+from ddpmkit.nn.unet import Conditioning
+from ddpmkit.schedule import ScheduleName
 from ddpmkit.training.presets import preset_path
 
 __all__ = [
@@ -37,7 +42,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "unet"  # "unet" (images) | "mlp" (2-D, sinusoidal time) | "mlp_step" (seed 002)
+    kind: Literal["unet", "mlp", "mlp_step"] = "unet"  # images | 2-D, sinusoidal time | seed 002
     # U-Net
     base_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 2)
@@ -45,7 +50,7 @@ class ModelConfig:
     attention_resolutions: tuple[int, ...] = (7,)  # feature-map sides with self-attention
     num_heads: int = 4
     dropout: float = 0.0
-    conditioning: str = "add"  # "add" | "cross" | "add+cross" (used when the data has labels)
+    conditioning: Conditioning = "add"  # nn.unet.CONDITIONINGS (used when the data has labels)
     num_cond_tokens: int = 4  # condition tokens per label for cross-attention
     scale_shift: bool = True  # FiLM-style time conditioning in ResBlocks (improved-diffusion)
     groups: int = 8  # GroupNorm groups
@@ -58,20 +63,18 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    schedule: str = "cosine"  # linear | cosine | quadratic | sigmoid | custom (then give betas)
+    schedule: Literal[ScheduleName, "custom"] = "cosine"  # schedule.SCHEDULES | custom (betas)
     num_steps: int = 1000
     betas: tuple[float, ...] = ()  # only with schedule = "custom"
-    prediction: str = "eps"  # eps | x0 | v
-    loss: str = "mse"  # mse | l1 (seed 000)
+    prediction: Prediction = "eps"  # diffusion.PREDICTIONS
+    loss: Literal["mse", "l1"] = "mse"  # l1: seed 000
     min_snr_gamma: float = 0.0  # 0 = off; else min-SNR-gamma weighting (Hang et al. 2023)
     antithetic: bool = False  # seed 002's paired timesteps t and T-1-t
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    # fashion_mnist | mnist | digits | folder (images); s_curve | swiss_roll | moons |
-    # eight_gaussians (2-D toys)
-    name: str = "fashion_mnist"
+    name: Literal[DatasetName, ToyName] = "fashion_mnist"  # data.DATASETS | data.toy2d.TOY_NAMES
     root: str = ""  # dataset folder ("" = the dataset's default location)
     image_size: tuple[int, ...] = ()  # () = native; (S,) square; (H, W)
     channels: int = 0  # 0 = native/inferred; 1 or 3
@@ -89,15 +92,18 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    lr_decay: str = "none"  # none | cosine (to 0 at train.steps)
+    lr_decay: Literal["none", "cosine"] = "none"  # cosine: to 0 at train.steps
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     grad_accum: int = 1  # micro-batches per optimizer step
     ema_decay: float = 0.999
-    ema_warmup: int = 100  # EMA decay ramps as min(decay, (1 + n) / (10 + n)) until then
+    # EMA updates of warm-up: update n (from 0) uses decay ema_decay * min(1, n / ema_warmup),
+    # a linear ramp from 0 (training/ema.py); 0 = ema_decay from the first update
+    ema_warmup: int = 100
     cfg_dropout: float = 0.1  # probability of replacing a label by the null class
     seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16 (autocast)
-    channels_last: str = "auto"  # auto (NHWC on a bf16 CPU with the fused GroupNorm) | on | off
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast
+    # auto: NHWC on a bf16 CPU with the fused GroupNorm
+    channels_last: Literal["auto", "on", "off"] = "auto"
     num_threads: int = 0  # torch threads; 0 = leave torch's default
     log_every: int = 50
     sample_every: int = 500  # sample grid PNG every K steps; 0 = only at the end
@@ -110,19 +116,19 @@ class TrainConfig:
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
     # auto (on for CUDA) | on | off: no host-device synchronisation in the step loop; a
     # non-finite step is skipped on the device and the stop rule is checked at log steps
-    sync_free: str = "auto"
+    sync_free: Literal["auto", "on", "off"] = "auto"
     # off | on: torch.compile the network for training (measured on the 2-core CPU: 0.95x of
     # eager after ~5 minutes of compilation, so off by default; see docs/performance.md)
-    compile: str = "off"
+    compile: Literal["off", "on"] = "off"
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = "ddim"  # ddpm | ddim | dpmpp
+    sampler: str = "ddim"  # a key of sampling.SAMPLERS: ddpm | ddim | dpmpp
     steps: int = 50
     guidance: float = 1.0  # classifier-free guidance scale w (1 = plain conditional)
     num: int = 64  # samples in a training-time grid
-    spacing: str = "trailing"
+    spacing: str = "trailing"  # one of sampling.SPACINGS
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,11 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it converted (lists -> tuples)."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        _check_choice(key, value, typing.get_args(tp))
+        return value
     if origin in (typing.Union, types.UnionType):
         for arm in typing.get_args(tp):
             try:
@@ -211,29 +222,27 @@ def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: {value!r} is not allowed; expected one of {list(allowed)}")
 
 
+def _check_literals(section: Any, prefix: str) -> None:
+    """Every ``Literal`` field of a config section holds one of its names (configs built in
+    Python skip :func:`config_from_dict`'s check)."""
+    for name, tp in typing.get_type_hints(type(section)).items():
+        if typing.get_origin(tp) is Literal:
+            _check_choice(f"{prefix}.{name}", getattr(section, name), typing.get_args(tp))
+
+
 def validate_config(cfg: RunConfig) -> RunConfig:
     """Semantic checks beyond types (choices, ranges); raises ConfigError naming the key."""
-    from ddpmkit.schedule import SCHEDULES
+    from ddpmkit.sampling import SAMPLERS, SPACINGS
 
     m, d, dt, tr, s = cfg.model, cfg.diffusion, cfg.data, cfg.train, cfg.sample
-    _check_choice("model.kind", m.kind, ("unet", "mlp", "mlp_step"))
-    _check_choice("model.conditioning", m.conditioning, ("add", "cross", "add+cross"))
+    for prefix in ("model", "diffusion", "data", "train", "sample"):
+        _check_literals(getattr(cfg, prefix), prefix)
     if m.checkpointing and m.kind != "unet":
         raise ConfigError(
             f"model.checkpointing: only the U-Net supports activation checkpointing, but "
             f"model.kind = {m.kind!r}; set model.checkpointing = false"
         )
-    _check_choice("diffusion.schedule", d.schedule, (*sorted(SCHEDULES), "custom"))
-    _check_choice("diffusion.prediction", d.prediction, ("eps", "x0", "v"))
-    _check_choice("diffusion.loss", d.loss, ("mse", "l1"))
-    _check_choice("train.precision", tr.precision, ("auto", "fp32", "bf16"))
-    _check_choice("train.lr_decay", tr.lr_decay, ("none", "cosine"))
-    _check_choice("train.channels_last", tr.channels_last, ("auto", "on", "off"))
-    _check_choice("train.sync_free", tr.sync_free, ("auto", "on", "off"))
-    _check_choice("train.compile", tr.compile, ("off", "on"))
-    _check_choice("sample.sampler", s.sampler, ("ddpm", "ddim", "dpmpp"))
-    from ddpmkit.sampling import SPACINGS
-
+    _check_choice("sample.sampler", s.sampler, tuple(SAMPLERS))
     _check_choice("sample.spacing", s.spacing, SPACINGS)
     positive: dict[str, float] = {
         "diffusion.num_steps": d.num_steps,
