@@ -11,11 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from _processes import catches, kill_matching, restore_sigint
 from ddpmkit.cli import main
 from ddpmkit.training import checkpoint as ckpt
 
@@ -24,6 +26,13 @@ SMALL = ["--no-progress", "--set", "train.sample_every=0", "--set", "train.log_e
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+
+@pytest.fixture(autouse=True)
+def _kill_what_the_test_started(tmp_path: Path) -> Iterator[None]:
+    # Every child names tmp_path (--out); a failed assertion must not leave one training.
+    yield
+    kill_matching(str(tmp_path))
 
 
 def _cli(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -77,17 +86,26 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path: Path) -> None
 
 def test_ctrl_c_writes_a_final_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
+    # SIGINT back to the default in the child: launched from a background job (`cmd &`, nohup)
+    # the test runner ignores SIGINT, and an ignored SIGINT would be inherited by the child.
     proc = subprocess.Popen(
         [sys.executable, "-m", "ddpmkit.cli", "train", "moons", "--out", str(run), *SMALL,
          "--set", "train.steps=1000000", "--set", "train.checkpoint_every=50"],
-        env=_env(), stderr=subprocess.PIPE, text=True,
+        env=_env(), stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint,
     )  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline and ckpt.find_latest(run) is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and ckpt.find_latest(run) is None and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert proc.poll() is None, "ddpm train exited before it was interrupted"
+        assert catches(proc.pid, signal.SIGINT)  # the child's Python installed its handler
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "Traceback" not in err
     step = int(err.split("interrupted at step ")[1].split(";")[0])

@@ -181,7 +181,12 @@ def test_kernel_can_be_switched_off() -> None:
     )
     env = {**os.environ, "DDPMKIT_NO_FUSED_KERNEL": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert out.stdout.split() == ["False", "False"]
 

@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from _processes import kill_matching
 from ddpmkit.training import checkpoint as ckpt
 from ddpmkit.training.config import load_config
 from ddpmkit.training.loop import train
@@ -36,6 +38,13 @@ TINY_UNET = [
     "sample.steps=3",
     "sample.num=4",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _kill_what_the_test_started(tmp_path: Path) -> Iterator[None]:
+    # Every child names tmp_path (its run folder): a failed assertion must not leave one running.
+    yield
+    kill_matching(str(tmp_path))
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

@@ -182,7 +182,9 @@ def test_grid_module_does_not_import_matplotlib() -> None:
         "import sys, torch; from ddpmkit.viz.grid import save_grid; import ddpmkit.viz; "
         "print(any(m.startswith(('matplotlib', 'PIL')) for m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(  # killed on a timeout or any exception
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert out.stdout.strip() == "False"
 
 
