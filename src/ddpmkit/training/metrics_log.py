@@ -1,17 +1,88 @@
 """Metrics: one JSON object per line in ``metrics.jsonl``, mirrored to TensorBoard if installed.
 
-The logger is an object passed to the loop (never global); on non-main ranks it does nothing.
+:class:`LossWindow` sums the losses of the steps since the last log on the device and turns them
+into that object; :class:`MetricLogger` writes it. The logger is an object the trainer owns
+(never global); on non-main ranks it does nothing.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
-__all__ = ["MetricLogger"]
+if TYPE_CHECKING:
+    from ddpmkit.training.distributed import DistInfo
+
+__all__ = ["LossWindow", "MetricLogger"]
+
+
+class LossWindow:
+    """The losses of the steps since the last log record, kept on the device.
+
+    ``loss`` sums each good step's batch loss; ``q_sum`` / ``q_cnt`` sum the per-sample losses
+    by quarter of t (``loss_q0`` .. ``loss_q3``: t in [0, T/4), ... [3T/4, T)). ``n_steps``
+    counts the steps taken since the last record (good or not), ``t_last`` is the clock then.
+    """
+
+    def __init__(self, device: torch.device, num_steps: int):
+        self.num_steps = num_steps
+        self.loss = torch.zeros((), device=device)
+        self.q_sum = torch.zeros(4, device=device)
+        self.q_cnt = torch.zeros(4, device=device)
+        self.n_steps = 0
+        self.t_last = 0.0
+
+    @torch.no_grad()
+    def add_by_quarter(self, per_t: list[tuple[Tensor, Tensor]], keep: Tensor | None) -> None:
+        """Per-sample losses (with their t) into the sums by quarter of t; ``keep`` (0-d bool)
+        masks a skipped step on the device (sync-free loop), None counts every sample."""
+        for per_c, t_c in per_t:
+            q = (t_c * 4 // self.num_steps).clamp(max=3)
+            if keep is None:
+                self.q_sum.index_add_(0, q, per_c)
+                self.q_cnt.index_add_(0, q, torch.ones_like(per_c))
+            else:
+                self.q_sum.index_add_(0, q, torch.where(keep, per_c, 0.0))
+                self.q_cnt.index_add_(0, q, keep.float().expand_as(per_c))
+
+    def all_reduce(self, dist: DistInfo) -> None:
+        """Over several processes: the global batch's numbers, not this rank's."""
+        if dist.world_size > 1:
+            dist.all_reduce_mean(self.loss)
+            dist.all_reduce_sum(self.q_sum)
+            dist.all_reduce_sum(self.q_cnt)
+
+    def record(
+        self, step: int, n_good: int, *, lr: float, now: float, t0: float, batch: int
+    ) -> dict[str, float]:
+        """The metrics.jsonl object of the window ending at ``step``: mean loss of the
+        ``n_good`` good steps (NaN if none), ``lr``, images/s at ``batch`` images per step, time
+        since ``t0``, and the loss by quarter of t where that quarter had samples."""
+        last_loss = float(self.loss) / max(n_good, 1) if n_good else float("nan")
+        ips = self.n_steps * batch / max(now - self.t_last, 1e-9)
+        rec: dict[str, float] = {
+            "step": step,
+            "loss": last_loss,
+            "lr": lr,
+            "images_per_s": ips,
+            "time_s": now - t0,
+        }
+        for k in range(4):
+            if float(self.q_cnt[k]) > 0:
+                rec[f"loss_q{k}"] = float(self.q_sum[k] / self.q_cnt[k])
+        return rec
+
+    def reset(self, now: float) -> None:
+        """Start the next window at clock ``now``."""
+        self.loss.zero_()
+        self.q_sum.zero_()
+        self.q_cnt.zero_()
+        self.n_steps, self.t_last = 0, now
 
 
 class MetricLogger:

@@ -3,12 +3,17 @@
 Images: a grid PNG under ``<run>/samples/`` (one row per class for conditional models), the
 same grid in TensorBoard. 2-D toys: data beside samples, and seed 002's reverse process in 10
 snapshots (PNG + GIF) at the end.
+
+:class:`PreviewCallback` is the trainer's part that decides when: every ``train.sample_every``
+steps and every ``train.preview_every_min`` minutes (:class:`PreviewClock`), and once at the end
+of a run that was not interrupted.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,13 +24,21 @@ from torch import Tensor, nn
 
 from ddpmkit.sampling import SAMPLERS, StepInfo, initial_noise
 from ddpmkit.schedule import NoiseSchedule
+from ddpmkit.training.callbacks import Callback
 
 if TYPE_CHECKING:
     from ddpmkit.training.build import TrainData
     from ddpmkit.training.config import RunConfig
     from ddpmkit.training.metrics_log import MetricLogger
+    from ddpmkit.training.trainer import Trainer
 
-__all__ = ["PreviewClock", "class_grid_labels", "sample_images", "write_preview"]
+__all__ = [
+    "PreviewCallback",
+    "PreviewClock",
+    "class_grid_labels",
+    "sample_images",
+    "write_preview",
+]
 
 PREVIEW_SEED = 1234  # the same noise at every preview, so grids over training are comparable
 
@@ -49,6 +62,45 @@ class PreviewClock:
         """A preview (timed or by step) ended at ``now``: the next timed one is P later."""
         if self.period > 0:
             self.next = now + self.period
+
+
+class PreviewCallback(Callback):
+    """Rank 0 writes a preview (:func:`write_preview`, EMA weights) by step and by clock
+    during the run, and the final one (with the toys' reverse process) at its end."""
+
+    def __init__(self) -> None:
+        self.clock = PreviewClock(0.0, 0.0)
+
+    def on_start(self, trainer: Trainer) -> None:
+        s, tr = trainer.state, trainer.cfg.train
+        self.clock = PreviewClock(s.t0, 60 * tr.preview_every_min, s.deadline)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        step, every = trainer.state.step, trainer.cfg.train.sample_every
+        by_step = bool(every) and step % every == 0
+        if trainer.dist.is_main and (by_step or self.clock.due(trainer.state.now)):
+            self._write(trainer)
+            self.clock.done(time.perf_counter())
+
+    def on_end(self, trainer: Trainer) -> None:
+        if trainer.dist.is_main and not trainer.state.interrupted:
+            # on Ctrl-C: checkpoint and export only, exit promptly
+            trainer.state.files.extend(self._write(trainer, final=True))
+
+    @staticmethod
+    def _write(trainer: Trainer, final: bool = False) -> list[Path]:
+        run = trainer.run
+        return write_preview(
+            run.ema.model,
+            run.sched,
+            run.data,
+            run.cfg,
+            run.run_dir,
+            trainer.state.step,
+            trainer.logger,
+            run.cpath.bf16,
+            final=final,
+        )
 
 
 def class_grid_labels(num_classes: int, per_class: int) -> Tensor:
