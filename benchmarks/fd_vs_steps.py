@@ -40,7 +40,7 @@ from ddpmkit.evaluation.metrics import (
 )
 from ddpmkit.sampling import NULL_LABEL, SAMPLERS, initial_noise
 from ddpmkit.schedule import NoiseSchedule
-from ddpmkit.training.sample_cmd import load_model
+from ddpmkit.trained import load
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "samplers.md"
 BEGIN, END = "<!-- fashion-table:begin -->", "<!-- fashion-table:end -->"
@@ -260,7 +260,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, sched, cfg, meta = load_model(args.run)
+    m = load(args.run)
+    model, sched, meta = m.network, m.schedule, m.meta
     test = load_dataset("fashion_mnist", split="test", log=lambda s: None)
     ref = extract(test.images, "fashion_mnist")
     ref_mu, ref_cov = feature_statistics(ref.features)

@@ -393,7 +393,7 @@ def _bad_inputs(tmp: Path, run: Path) -> dict[str, tuple[list[str], tuple[str, .
         ),
         "steps out of range": ([str(run), "--steps", "500"], ("--steps: must be in [1, 100]",)),
         "eta for ddpm": (
-            [str(run), "--sampler", "ddpm", "--eta", "0.5"], ("--eta: applies to --sampler ddim",)
+            [str(run), "--sampler", "ddpm", "--eta", "0.5"], ("--eta: applies to sampler ddim",)
         ),
     }  # fmt: skip
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from ddpmkit.cli import main
 from ddpmkit.cli_plot import auto_smoothing
+from ddpmkit.fit import train
 from ddpmkit.training.config import load_config
-from ddpmkit.training.loop import train
 
 TINY_UNET = [
     'data.name="digits"', 'model.kind="unet"', "model.base_channels=16",
@@ -163,7 +163,7 @@ def test_auto_smoothing_follows_the_length_of_the_log() -> None:
     [
         (["reverse", "{tmp}"], "not a ddpmkit run, checkpoint or model folder"),
         (["reverse", "{tmp}/nowhere"], "nowhere"),
-        (["reverse", "{toy}", "--label", "1"], "need a class-conditional model"),
+        (["reverse", "{toy}", "--label", "1"], "needs a class-conditional model"),
         (["reverse", "{toy}", "--steps", "51"], "--steps: must be in [1, 50]"),
         (["reverse", "{img}", "--label", "10"], "--label: 10 is not a class of this model"),
         (["reverse", "{img}", "--num", "0"], "--num: must be >= 1"),

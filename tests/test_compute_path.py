@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddpmkit.fit import train
 from ddpmkit.nn import compute_path
 from ddpmkit.nn.compute_path import choose_path
 from ddpmkit.nn.groupnorm import fused_kernel_available
+from ddpmkit.previews import PreviewClock
 from ddpmkit.training.config import load_config
-from ddpmkit.training.loop import train
-from ddpmkit.training.previews import PreviewClock
 
 CPU = torch.device("cpu")
 

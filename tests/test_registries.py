@@ -73,7 +73,8 @@ def test_literal_types_are_the_registries() -> None:
     from ddpmkit.nn.unet import UNetConfig
 
     assert CONDITIONINGS == ("add", "cross", "add+cross")
-    assert typing.get_type_hints(SampleConfig)["sampler"] is str  # checked against SAMPLERS
+    assert args(SampleConfig, "sampler") == tuple(SAMPLERS)
+    assert args(SampleConfig, "spacing") == tuple(SPACINGS)
     assert UNetConfig.__dataclass_fields__["conditioning"].default in CONDITIONINGS
 
 

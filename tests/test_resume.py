@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from _processes import kill_matching
+from ddpmkit.fit import train
 from ddpmkit.training import checkpoint as ckpt
 from ddpmkit.training.config import load_config
-from ddpmkit.training.loop import train
 
 TINY_UNET = [
     'data.name="digits"',

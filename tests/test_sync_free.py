@@ -14,10 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ddpmkit.fit import train
 from ddpmkit.training import checkpoint as ckpt
 from ddpmkit.training.config import load_config
 from ddpmkit.training.ema import EMA
-from ddpmkit.training.loop import TrainingError, train
+from ddpmkit.training.loop import TrainingError
 
 MOONS = ['model.kind="mlp"', 'train.precision="fp32"', "train.log_every=2", "train.sample_every=0"]
 

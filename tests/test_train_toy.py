@@ -19,10 +19,10 @@ import torch
 
 from ddpmkit.data.toy2d import make_toy
 from ddpmkit.evaluation.metrics import sliced_wasserstein
+from ddpmkit.fit import train
 from ddpmkit.sampling import ddpm_sample
+from ddpmkit.trained import load
 from ddpmkit.training.config import load_config
-from ddpmkit.training.loop import train
-from ddpmkit.training.sample_cmd import load_model
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def s_curve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_trained_s_curve_is_close_to_data(s_curve_run: Path) -> None:
-    model, sched, cfg, _ = load_model(s_curve_run)
+    m = load(s_curve_run)
+    model, sched = m.network, m.schedule
     g = torch.Generator().manual_seed(0)
     n = 2000
     samples = ddpm_sample(model, sched, torch.randn(n, 2, generator=g), generator=g)
@@ -102,7 +103,8 @@ def test_each_objective_trains(tmp_path: Path, overrides: list[str]) -> None:
          "train.log_every=500", "train.checkpoint_every=3000", *overrides],
     )  # fmt: skip
     train(cfg, progress=False, log=lambda s: None)
-    model, sched, cfg2, meta = load_model(tmp_path)
+    m = load(tmp_path)
+    model, sched, cfg2, meta = m.network, m.schedule, m.config, m.meta
     assert cfg2.diffusion == cfg.diffusion
     from ddpmkit.sampling import ddim_sample
     from ddpmkit.training.build import x0_clip_from_meta

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ddpmkit.fit import train as train_with_previews
 from ddpmkit.training import checkpoint as ckpt
 from ddpmkit.training.callbacks import Callback
 from ddpmkit.training.config import load_config
@@ -110,7 +111,7 @@ def test_callbacks_never_change_what_is_trained(tmp_path: Path) -> None:
     # and without callbacks only the trainer's own final checkpoint and export are written.
     steps = ["train.steps=6", "train.log_every=2", "train.checkpoint_every=2"]
     full = _cfg(tmp_path / "full", *steps, "train.sample_every=2")
-    train(full, progress=False, log=lambda s: None)
+    train_with_previews(full, progress=False, log=lambda s: None)
     bare = _cfg(tmp_path / "bare", *steps)
     result = train(bare, progress=False, log=lambda s: None, callbacks=[])
     a, b = _weights(full.run_dir), _weights(bare.run_dir)

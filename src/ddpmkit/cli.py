@@ -1,7 +1,7 @@
 """The ``ddpm`` command line: a thin layer that builds configs and calls the library.
 
     ddpm train [CONFIG] [--set key=value ...] [--out DIR] [--resume]
-    ddpm sample RUN_OR_CHECKPOINT [--sampler ddim] [--steps 50] [--guidance 2] [--num 64] ...
+    ddpm sample RUN_OR_CHECKPOINT [--sampler dpmpp] [--steps 20] [--guidance 2] [--num 80] ...
     ddpm eval ...   ddpm plot ...
 
 A user mistake (bad config, missing dataset, corrupt checkpoint, wrong-shaped input) is one line
@@ -19,11 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import ddpmkit.cli_eval as cli_eval
+import ddpmkit.cli_plot as cli_plot
+import ddpmkit.cli_sample as cli_sample
+from ddpmkit.data.download import SOURCES
+from ddpmkit.errors import CheckpointError, ConfigError, DatasetError, SettingsError, UsageError
+
 __all__ = ["main"]
-
-
-class UsageError(ValueError):
-    """A mistake in the command line itself."""
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -51,55 +53,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="draw samples from a trained model")
-    p.add_argument("checkpoint", help="run folder, checkpoint folder or exported model folder")
-    p.add_argument(
-        "--sampler",
-        default="dpmpp",
-        choices=["ddpm", "ddim", "dpmpp"],
-        help="dpmpp = DPM-Solver++(2M) (default; see docs/samplers.md)",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="sampling steps (default: dpmpp 20, ddim 50, ddpm all T)",
-    )
-    p.add_argument(
-        "--spacing",
-        default=None,
-        help="timestep spacing (default: logsnr for dpmpp, trailing otherwise)",
-    )
-    p.add_argument(
-        "--eta",
-        type=float,
-        default=0.0,
-        help="noise in [0, 1]: DDIM eta; for dpmpp, eta > 0 is SDE-DPM-Solver++(2M)",
-    )
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale w")
-    p.add_argument(
-        "--label",
-        type=int,
-        action="append",
-        default=None,
-        help="class label to draw (repeatable; default: all classes in turn)",
-    )
-    p.add_argument("--grid-by-class", action="store_true", help="one grid row per class")
-    p.add_argument(
-        "--num", type=int, default=64, help="number of samples (per class with --grid-by-class)"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="sample i uses seed + i: same whatever --num"
-    )
-    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--out", default="samples", help="output folder")
-
-
 def _add_fetch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch", help="download MNIST/Fashion-MNIST into the cache (checksummed)")
-    p.add_argument("dataset", choices=["fashion_mnist", "mnist"])
+    p.add_argument("dataset", choices=sorted(SOURCES))
     p.add_argument(
         "--mirror", default=None, help="base URL to fetch from instead of the canonical one"
     )
@@ -112,26 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    _add_sample(sub)
+    cli_sample.add_parser(sub)
     _add_fetch(sub)
-    for register in _extra_commands():
-        register(sub)
+    # Imported, never guarded: a broken import must fail loudly, not remove a command.
+    cli_eval.register(sub)
+    cli_plot.register(sub)
     return parser
 
 
-def _extra_commands() -> list:  # type: ignore[type-arg]
-    """Subcommands defined in their own modules (eval, plot), registered if present."""
-    out = []
-    for mod_name in ("ddpmkit.cli_eval", "ddpmkit.cli_plot"):
-        try:
-            mod = __import__(mod_name, fromlist=["register"])
-        except ImportError:
-            continue
-        out.append(mod.register)
-    return out
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ddpmkit.fit import train
     from ddpmkit.training.config import (
         RunConfig,
         apply_overrides,
@@ -139,7 +85,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         load_config,
         validate_config,
     )
-    from ddpmkit.training.loop import train
 
     overrides = list(args.overrides)
     if args.steps is not None:
@@ -154,9 +99,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"{base.run_dir}: no saved run to resume; give --out RUN_DIR or a config"
             )
-        import json
+        from ddpmkit.io import read_json_object
 
-        data = apply_overrides(json.loads(saved.read_text()), overrides)
+        data = apply_overrides(read_json_object(saved, ConfigError), overrides)
         cfg = validate_config(config_from_dict(RunConfig, data))
     else:
         cfg = load_config(args.config if args.config is not None else "fashion_mnist", overrides)
@@ -165,9 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from ddpmkit.training.sample_cmd import run_sample
-
-    paths = run_sample(args, log=_info)
+    paths = cli_sample.run(args, log=_info)
     for p in paths:
         _info(f"wrote {p}")
     return 0
@@ -194,9 +137,6 @@ def _sigterm_to_interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ddpmkit.data.images import DatasetError
-    from ddpmkit.training.checkpoint import CheckpointError
-    from ddpmkit.training.config import ConfigError
     from ddpmkit.training.loop import TrainingError
 
     handlers = {"train": _cmd_train, "sample": _cmd_sample, "fetch": _cmd_fetch}
@@ -205,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
         return int(handler(args))
+    except SettingsError as e:
+        if os.environ.get("DDPMKIT_DEBUG"):
+            raise
+        print(f"ddpm: error: {e.as_flag()}", file=sys.stderr)
+        return 2
     except (ConfigError, CheckpointError, DatasetError, UsageError) as e:
         if os.environ.get("DDPMKIT_DEBUG"):
             raise

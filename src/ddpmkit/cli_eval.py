@@ -41,6 +41,7 @@ from ddpmkit.evaluation.image_eval import evaluate_images
 from ddpmkit.evaluation.plan import IMAGE_DATASETS, MIN_SAMPLES, PR_K, TOYS, make_plan
 from ddpmkit.evaluation.sources import open_source
 from ddpmkit.evaluation.toy_eval import evaluate_toy
+from ddpmkit.sampling import SAMPLERS
 from ddpmkit.training.config import ConfigError
 
 __all__ = ["evaluate", "register"]
@@ -76,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sampler",
         default=None,
-        choices=["ddpm", "ddim", "dpmpp"],
+        choices=list(SAMPLERS),
         help="default: the model's sample.sampler (and its steps and spacing), else dpmpp",
     )
     p.add_argument(
@@ -172,7 +173,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.memorisation < 0:
         raise ConfigError(f"--memorisation: must be >= 0, got {args.memorisation}")
     if args.eta is not None:
-        from ddpmkit.training.sample_cmd import check_eta
+        from ddpmkit.sample_settings import check_eta
 
         check_eta(args.eta, args.sampler or "dpmpp")
     out = Path(args.out)
@@ -187,7 +188,7 @@ def evaluate(
 
     Every check of the input happens before anything is written; files go to ``args.out``.
     """
-    from ddpmkit import __version__
+    from ddpmkit.version import __version__
 
     _check_args(args)
     src = open_source(args, log)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
+from ddpmkit.sampling import SAMPLERS
 from ddpmkit.training.config import ConfigError
 
 __all__ = ["TOYS", "auto_smoothing", "register"]
@@ -66,20 +66,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--sampler",
         default=None,
-        choices=["ddpm", "ddim", "dpmpp"],
-        help="default: ddpm (all T steps) for 2-D models, ddim for images",
+        choices=list(SAMPLERS),
+        help="default: the run's [sample] sampler, as ddpm sample",
     )
-    r.add_argument("--steps", type=int, default=None, help="default: T for ddpm, else 50")
+    r.add_argument("--steps", type=int, default=None, help="default: the run's, as ddpm sample")
     r.add_argument(
         "--spacing",
         default=None,
-        help="timestep spacing (default: logsnr for dpmpp, else trailing)",
+        help="timestep spacing (default: the run's, as ddpm sample)",
     )
     r.add_argument(
         "--num", type=int, default=None, help=f"images per snapshot (8); 2-D: points ({TOY_POINTS})"
     )
     r.add_argument("--label", type=int, default=None, help="class to draw (default: all in turn)")
-    r.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    r.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance (default: the run's)"
+    )
     r.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, as ddpm sample")
     r.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
 
@@ -211,52 +213,28 @@ def _forward_2d(args: argparse.Namespace, names: list[str]) -> Path:
 
 
 def _reverse(args: argparse.Namespace) -> Path:
-    from ddpmkit.sampling import SAMPLERS, SPACINGS, initial_noise
-    from ddpmkit.training.sample_cmd import load_model, sampling_path
+    from ddpmkit.trained import load
     from ddpmkit.viz.trajectory import TrajectoryRecorder, plot_reverse_process, save_reverse_gif
 
-    model, sched, cfg, meta = load_model(Path(args.checkpoint), raw=args.raw)
-    shape = tuple(int(v) for v in meta["data"]["sample_shape"])
-    num_classes = int(meta["data"]["num_classes"])
-    is_toy = len(shape) == 1
-    sampler = args.sampler or ("ddpm" if is_toy else "ddim")
-    steps = args.steps or (sched.num_steps if sampler == "ddpm" else min(50, sched.num_steps))
-    if not 1 <= steps <= sched.num_steps:
-        raise ConfigError(f"--steps: must be in [1, {sched.num_steps}], got {steps}")
-    spacing = args.spacing or ("logsnr" if sampler == "dpmpp" else "trailing")
-    if spacing not in SPACINGS:
-        raise ConfigError(f"--spacing: {spacing!r} is not one of {list(SPACINGS)}")
-    n = args.num if args.num is not None else (TOY_POINTS if is_toy else 8)
+    model = load(Path(args.checkpoint), raw=args.raw)
+    n = args.num if args.num is not None else (TOY_POINTS if not model.is_image else 8)
     if n < 1:
         raise ConfigError(f"--num: must be >= 1, got {n}")
-    y = None
-    if not num_classes and (args.label is not None or args.guidance != 1.0):
-        raise ConfigError("--label/--guidance need a class-conditional model")
-    if num_classes:
-        if args.label is not None and not 0 <= args.label < num_classes:
-            raise ConfigError(
-                f"--label: {args.label} is not a class of this model (0..{num_classes - 1})"
-            )
-        y = (
-            torch.full((n,), args.label, dtype=torch.long)
-            if args.label is not None
-            else torch.arange(n) % num_classes
-        )
     rec = TrajectoryRecorder(num_snapshots=10, max_items=n)
-    seeds = [args.seed + i for i in range(n)]  # as ddpm sample: sample i is the same image
-    x_T = initial_noise((n, *shape), seeds=seeds)
-    bf16 = sampling_path(meta, next(model.parameters()).device).bf16
-    from ddpmkit.training.build import x0_clip_from_meta
-
-    clip = x0_clip_from_meta(meta["data"])
-    extra: dict[str, Any] = {} if clip is None else {"clip_x0": clip}
-    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-        SAMPLERS[sampler](
-            model, sched, x_T, num_steps=steps, y=y, guidance_scale=args.guidance,
-            seeds=seeds if sampler != "dpmpp" else None, prediction=cfg.diffusion.prediction,
-            spacing=spacing, callback=rec, **extra,
-        )  # fmt: skip
-    kind: Literal["image", "scatter"] = "scatter" if is_toy else "image"
+    # One batch, so the recorder sees every item; sample i is ddpm sample's sample i.
+    model.sample(
+        n,
+        labels=None if args.label is None else [args.label],
+        sampler=args.sampler,
+        steps=args.steps,
+        spacing=args.spacing,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=n,
+        output="tensor",
+        callback=rec,
+    )
+    kind: Literal["image", "scatter"] = "image" if model.is_image else "scatter"
     out = plot_reverse_process(rec, args.out, kind=kind)
     if args.gif:
         save_reverse_gif(rec, args.gif, kind=kind)

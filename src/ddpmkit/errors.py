@@ -7,7 +7,7 @@ define them (``training.config``, ``training.checkpoint``, ``data.images``) re-e
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DatasetError", "UsageError"]
+__all__ = ["CheckpointError", "ConfigError", "DatasetError", "SettingsError", "UsageError"]
 
 
 class ConfigError(ValueError):
@@ -24,3 +24,20 @@ class CheckpointError(ValueError):
 
 class UsageError(ValueError):
     """A mistake in the command line itself (a flag that does not apply, a missing argument)."""
+
+
+class SettingsError(ConfigError):
+    """A sampling setting that cannot be used: ``field`` names it, the message says the fix.
+
+    ``str(e)`` is "field: message" for library callers (``model.sample(steps=...)``); the
+    command line shows it as "--field: message" (:meth:`as_flag`).
+    """
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+    def as_flag(self) -> str:
+        """The message as the command line names the setting (``--steps: ...``)."""
+        return f"--{self.field.replace('_', '-')}: {self.message}"

@@ -3,7 +3,11 @@
 Every sampler has one signature (DESIGN 4.3)::
 
     sample(model, schedule, x_T, *, num_steps=None, y=None, guidance_scale=1.0,
-           generator=None, seeds=None, callback=None, prediction="eps", spacing=..., ...) -> x_0
+           generator=None, seeds=None, callback=None, prediction="eps", spacing=...,
+           timesteps=None, ...) -> x_0
+
+The time grid is ``num_steps`` indices placed by ``spacing`` (:func:`make_timesteps`), or an
+explicit strictly decreasing ``timesteps`` list (:func:`sampling_timesteps`).
 
 ``model`` is any callable ``model(x_t, t)`` or ``model(x_t, t, y)`` with ``t`` a LongTensor of
 indices in ``[0, T)`` (see ``ddpmkit.schedule``), returning the parameterisation named by
@@ -28,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -36,9 +41,14 @@ from ddpmkit.diffusion import model_output_to_eps_x0
 from ddpmkit.schedule import NoiseSchedule
 
 __all__ = [
+    "DEFAULT_SPACING",
+    "DEFAULT_STEPS",
     "NULL_LABEL",
     "SAMPLERS",
     "SPACINGS",
+    "STOCHASTIC_ETA",
+    "Sampler",
+    "Spacing",
     "StepInfo",
     "ddim_invert",
     "ddim_sample",
@@ -46,10 +56,12 @@ __all__ = [
     "dpm_solver_pp_sample",
     "initial_noise",
     "make_timesteps",
+    "sampling_timesteps",
 ]
 
 NULL_LABEL = -1
-SPACINGS = ("leading", "trailing", "linspace", "quadratic", "logsnr", "karras")
+Spacing = Literal["leading", "trailing", "linspace", "quadratic", "logsnr", "karras"]
+SPACINGS: tuple[str, ...] = get_args(Spacing)
 # Lower end of the log-SNR range that ``logsnr``/``karras`` spread their steps over (diffusers'
 # ``lambda_min_clipped`` for the cosine schedule). The cosine schedule's last step (beta clipped
 # at 0.999) drops lambda from -6.5 to -9.9; spacing over that whole range put 8 of 20 steps on
@@ -126,6 +138,34 @@ def make_timesteps(
         ts = [int(torch.argmin((log_sigma - v).abs())) for v in targets]
         ts[-1] = T - 1  # x_T is drawn at the last timestep: always start there
     return _distinct_descending(ts, T)
+
+
+def sampling_timesteps(
+    schedule: NoiseSchedule,
+    num_steps: int | None,
+    spacing: str,
+    timesteps: Sequence[int] | None = None,
+) -> list[int]:
+    """The time grid a sampler visits: ``timesteps`` if given, else ``make_timesteps``.
+
+    ``timesteps`` is an explicit grid (as k-diffusion's samplers take ``sigmas``): strictly
+    decreasing integer indices in [0, T), e.g. a searched or stored schedule. It replaces
+    ``num_steps`` and ``spacing``, which are then not used (the samplers' ``num_steps``
+    defaults cannot be told from a caller's value).
+    """
+    if timesteps is None:
+        return make_timesteps(schedule, num_steps, spacing)
+    T = schedule.num_steps
+    ts = [int(t) for t in timesteps]
+    if not ts:
+        raise ValueError("timesteps: empty; give at least one timestep index")
+    if any(t != v for t, v in zip(ts, timesteps, strict=True)):
+        raise ValueError(f"timesteps: must be integers, got {list(timesteps)!r}")
+    if not all(0 <= t < T for t in ts):
+        raise ValueError(f"timesteps: every index must be in [0, {T}), got {ts}")
+    if any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
+        raise ValueError(f"timesteps: must be strictly decreasing, got {ts}")
+    return ts
 
 
 def _distinct_descending(ts: list[int], T: int) -> list[int]:
@@ -234,6 +274,7 @@ def ddpm_sample(
     callback: Callback | None = None,
     prediction: str = "eps",
     spacing: str = "trailing",
+    timesteps: Sequence[int] | None = None,
     variance: str = "beta",
     clip_x0: float | None = None,
 ) -> Tensor:
@@ -248,7 +289,7 @@ def ddpm_sample(
         raise ValueError(f"unknown variance {variance!r}; expected one of ['beta', 'posterior']")
     _check_x(x_T, y)
     gens = _per_sample_generators(seeds, x_T.shape[0])
-    ts = make_timesteps(schedule, num_steps, spacing)
+    ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
     x = x_T.float()
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1
@@ -285,6 +326,7 @@ def ddim_sample(
     callback: Callback | None = None,
     prediction: str = "eps",
     spacing: str = "trailing",
+    timesteps: Sequence[int] | None = None,
     eta: float = 0.0,
     clip_x0: float | None = None,
 ) -> Tensor:
@@ -299,7 +341,7 @@ def ddim_sample(
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
     _check_x(x_T, y)
     gens = _per_sample_generators(seeds, x_T.shape[0])
-    ts = make_timesteps(schedule, num_steps, spacing)
+    ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
     x = x_T.float()
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1
@@ -331,6 +373,7 @@ def dpm_solver_pp_sample(
     callback: Callback | None = None,
     prediction: str = "eps",
     spacing: str = "logsnr",
+    timesteps: Sequence[int] | None = None,
     eta: float = 0.0,
     clip_x0: float | None = None,
 ) -> Tensor:
@@ -364,7 +407,7 @@ def dpm_solver_pp_sample(
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
     _check_x(x_T, y)
     gens = _per_sample_generators(seeds, x_T.shape[0])
-    ts = make_timesteps(schedule, num_steps, spacing)
+    ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
     x = x_T.float()
 
     def lam(t: int) -> float:
@@ -414,6 +457,7 @@ def ddim_invert(
     guidance_scale: float = 1.0,
     prediction: str = "eps",
     spacing: str = "trailing",
+    timesteps: Sequence[int] | None = None,
 ) -> Tensor:
     """Deterministic DDIM run backwards, x_0 -> x_T (Song et al. 2021, Sec. 4.3 / Eq. 13).
 
@@ -421,7 +465,7 @@ def ddim_invert(
     feeding the result to :func:`ddim_sample` with the same steps reconstructs x_0 closely.
     """
     _check_x(x0, y)
-    ts = list(reversed(make_timesteps(schedule, num_steps, spacing)))  # increasing
+    ts = list(reversed(sampling_timesteps(schedule, num_steps, spacing, timesteps)))  # increasing
     x = x0.float()
     prev = -1
     for t in ts:
@@ -437,8 +481,15 @@ def ddim_invert(
     return x
 
 
+Sampler = Literal["ddpm", "ddim", "dpmpp"]
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ddpm": ddpm_sample,
     "ddim": ddim_sample,
     "dpmpp": dpm_solver_pp_sample,
 }
+# Steps of each sampler when nothing names them (None = all T steps of the schedule), and its
+# spacing: DPM-Solver++ is built for uniform log-SNR steps (Lu et al. 2022), DDIM/DDPM use
+# trailing (Lin et al. 2024). Every path that samples takes these through SampleSettings.
+DEFAULT_STEPS: dict[str, int | None] = {"ddpm": None, "ddim": 50, "dpmpp": 20}
+DEFAULT_SPACING: dict[str, str] = {"ddpm": "trailing", "ddim": "trailing", "dpmpp": "logsnr"}
+STOCHASTIC_ETA = ("ddim", "dpmpp")  # samplers whose extra noise is set by eta

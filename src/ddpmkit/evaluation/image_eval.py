@@ -178,12 +178,11 @@ def _likelihood(
     """Mean NLL bound (bits/dim) of the model on the first n images of ``data``."""
     from ddpmkit.data.images import to_model_range
     from ddpmkit.evaluation.likelihood import vlb_terms
+    from ddpmkit.trained import load
     from ddpmkit.training.build import default_device
-    from ddpmkit.training.sample_cmd import load_model
 
-    model, sched, cfg, _ = load_model(src.path, raw=args.raw)
-    device = default_device()
-    model.to(device)
+    trained = load(src.path, raw=args.raw, device=default_device())
+    model, sched, cfg, device = trained.network, trained.schedule, trained.config, trained.device
     sched_d = sched.to(device)
     n = min(n, len(data))
     strata = args.bpd_timesteps or None

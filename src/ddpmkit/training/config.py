@@ -23,6 +23,7 @@ from ddpmkit.data.toy2d import ToyName
 from ddpmkit.diffusion import Prediction
 from ddpmkit.errors import ConfigError
 from ddpmkit.nn.unet import Conditioning
+from ddpmkit.sampling import Sampler, Spacing
 from ddpmkit.schedule import ScheduleName
 from ddpmkit.training.presets import preset_path
 
@@ -124,11 +125,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = "ddim"  # a key of sampling.SAMPLERS: ddpm | ddim | dpmpp
+    sampler: Sampler = "ddim"  # a key of sampling.SAMPLERS
     steps: int = 50
     guidance: float = 1.0  # classifier-free guidance scale w (1 = plain conditional)
     num: int = 64  # samples in a training-time grid
-    spacing: str = "trailing"  # one of sampling.SPACINGS
+    spacing: Spacing = "trailing"  # one of sampling.SPACINGS
 
 
 @dataclass(frozen=True)
@@ -232,8 +233,6 @@ def _check_literals(section: Any, prefix: str) -> None:
 
 def validate_config(cfg: RunConfig) -> RunConfig:
     """Semantic checks beyond types (choices, ranges); raises ConfigError naming the key."""
-    from ddpmkit.sampling import SAMPLERS, SPACINGS
-
     m, d, dt, tr, s = cfg.model, cfg.diffusion, cfg.data, cfg.train, cfg.sample
     for prefix in ("model", "diffusion", "data", "train", "sample"):
         _check_literals(getattr(cfg, prefix), prefix)
@@ -242,8 +241,6 @@ def validate_config(cfg: RunConfig) -> RunConfig:
             f"model.checkpointing: only the U-Net supports activation checkpointing, but "
             f"model.kind = {m.kind!r}; set model.checkpointing = false"
         )
-    _check_choice("sample.sampler", s.sampler, tuple(SAMPLERS))
-    _check_choice("sample.spacing", s.spacing, SPACINGS)
     positive: dict[str, float] = {
         "diffusion.num_steps": d.num_steps,
         "train.steps": tr.steps,

@@ -3,9 +3,11 @@
 ``train`` builds the run (:mod:`~ddpmkit.training.setup`) and a
 :class:`~ddpmkit.training.trainer.Trainer` with the default callbacks and stop rules, and runs
 it. The parts: the step (:mod:`~ddpmkit.training.step`), logging
-(:mod:`~ddpmkit.training.callbacks`, :mod:`~ddpmkit.training.metrics_log`), previews
-(:mod:`~ddpmkit.training.previews`), checkpoints (:mod:`~ddpmkit.training.checkpointing`) and
-the stop rules (:mod:`~ddpmkit.training.stopping`).
+(:mod:`~ddpmkit.training.callbacks`, :mod:`~ddpmkit.training.metrics_log`), checkpoints
+(:mod:`~ddpmkit.training.checkpointing`) and the stop rules (:mod:`~ddpmkit.training.stopping`).
+Sample previews draw with ``viz/``, a sibling layer, so they are a callback from above:
+:func:`ddpmkit.fit.train` (what ``ddpm train`` calls) adds :class:`ddpmkit.previews.
+PreviewCallback` to these defaults.
 
 Randomness: every step's global batch comes from one generator seeded from ``train.seed``, each
 rank taking its slice (:mod:`ddpmkit.training.batches`), so N ranks at batch B see exactly the
@@ -20,7 +22,6 @@ from collections.abc import Callable, Sequence
 from ddpmkit.training.callbacks import Callback, MetricsLogging, ProgressBar
 from ddpmkit.training.checkpointing import PeriodicCheckpoint
 from ddpmkit.training.config import RunConfig
-from ddpmkit.training.previews import PreviewCallback
 from ddpmkit.training.setup import build_run
 from ddpmkit.training.setup import preflight as _preflight  # noqa: F401  (its old home)
 from ddpmkit.training.stopping import TrainingError, default_stop_rules
@@ -29,11 +30,14 @@ from ddpmkit.training.trainer import RunResult, Trainer
 __all__ = ["RunResult", "TrainingError", "default_callbacks", "train"]
 
 
-def default_callbacks(*, progress: bool = True) -> list[Callback]:
+def default_callbacks(
+    *, progress: bool = True, previews: Sequence[Callback] = ()
+) -> list[Callback]:
     """What ``train`` does besides stepping, in this order: the progress bar (if
-    ``progress``), metrics.jsonl/TensorBoard, previews, periodic checkpoints."""
+    ``progress``), metrics.jsonl/TensorBoard, ``previews`` (callbacks from a higher layer,
+    e.g. :class:`ddpmkit.previews.PreviewCallback`), periodic checkpoints."""
     out: list[Callback] = [ProgressBar()] if progress else []
-    return [*out, MetricsLogging(), PreviewCallback(), PeriodicCheckpoint()]
+    return [*out, MetricsLogging(), *previews, PeriodicCheckpoint()]
 
 
 def train(

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpmkit import __version__
 from ddpmkit.io import atomic_write_text
 from ddpmkit.nn.compute_path import ComputePath, choose_path
 from ddpmkit.schedule import NoiseSchedule
@@ -33,6 +32,7 @@ from ddpmkit.training.build import (
 from ddpmkit.training.config import RunConfig
 from ddpmkit.training.distributed import DistInfo, init_distributed
 from ddpmkit.training.ema import EMA
+from ddpmkit.version import __version__
 
 __all__ = ["RunSetup", "build_run", "prepare_run_dir"]
 

@@ -1,4 +1,7 @@
-"""Sample previews written during and after training (EMA weights, fixed noise).
+"""Sample previews written during and after training (EMA weights, fixed seeds).
+
+A trainer callback above ``training/`` (it draws with ``viz/``, a sibling of ``training/``):
+:func:`ddpmkit.fit.train` and ``ddpm train`` add it to the trainer's default callbacks.
 
 Images: a grid PNG under ``<run>/samples/`` (one row per class for conditional models), the
 same grid in TensorBoard. 2-D toys: data beside samples, and seed 002's reverse process in 10
@@ -11,18 +14,19 @@ of a run that was not interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from ddpmkit.sampling import SAMPLERS, StepInfo, initial_noise
+from ddpmkit.sample_settings import SampleSettings, draw
+from ddpmkit.sampling import StepInfo
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.training.callbacks import Callback
 
@@ -121,40 +125,39 @@ def sample_images(
     callback: Callable[[StepInfo], None] | None = None,
     clip_x0: float | None = None,
 ) -> Tensor:
-    """Draw n samples with the run's preview sampler; returns float32 on the CPU.
+    """Draw n samples with the run's ``[sample]`` settings (:class:`SampleSettings`, as
+    ``ddpm sample RUN`` would), sample i seeded by seed + i; float32 on the CPU.
 
     ``clip_x0`` bounds the x_0 estimates (``TrainData.x0_range``); None: 1.0 for images, no
     clipping otherwise.
     """
     device = next(model.parameters()).device
-    x_T = initial_noise((n, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    sampler = SAMPLERS[cfg.sample.sampler]
-    kwargs: dict[str, object] = {}
+    settings = SampleSettings.from_section(dataclasses.asdict(cfg.sample))
+    if y is None:  # an unconditional run (or toy): guidance has nothing to guide
+        settings = dataclasses.replace(settings, guidance=1.0)
+    settings = settings.resolve(sched, conditional=y is not None)
     if clip_x0 is None and len(shape) == 3:  # images live in [-1, 1]
         clip_x0 = 1.0
-    if clip_x0 is not None:
-        kwargs["clip_x0"] = clip_x0
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     was_training = model.training
     model.eval()
     try:
-        with autocast:
-            out = sampler(
-                model,
-                sched.to(device),
-                x_T,
-                num_steps=cfg.sample.steps,
-                y=None if y is None else y.to(device),
-                guidance_scale=cfg.sample.guidance,
-                generator=torch.Generator().manual_seed(seed + 1),
-                prediction=cfg.diffusion.prediction,
-                spacing=cfg.sample.spacing,
-                callback=callback,
-                **kwargs,
-            )
+        return draw(
+            model,
+            sched,
+            settings,
+            shape=shape,
+            num=n,
+            labels=y,
+            seed=seed,
+            prediction=cfg.diffusion.prediction,
+            clip_x0=clip_x0,
+            bf16=bf16,
+            device=device,
+            batch_size=max(1, n),  # one batch: the toys' trajectory recorder sees every point
+            callback=callback,
+        )
     finally:
         model.train(was_training)
-    return out.float().cpu()
 
 
 def write_preview(
