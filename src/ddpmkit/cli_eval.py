@@ -1,50 +1,30 @@
-"""``ddpm eval SOURCE``: sample quality, likelihood and memorisation, with what they depend on.
+"""``ddpm eval SOURCE``: the command line of :func:`ddpmkit.evaluation.evaluate`.
 
     ddpm eval RUN_OR_CHECKPOINT [--num 1000] [--sampler dpmpp] [--steps 20] [--raw] ...
     ddpm eval samples.npz --dataset fashion_mnist
     ddpm eval images/ --dataset folder --root my_training_images/
 
 SOURCE is a run, checkpoint or exported model folder (samples are drawn first, by the same code
-as ``ddpm sample``: per-sample seeds, class-balanced labels for conditional models), an ``.npz``
-with ``images`` uint8 (N, C, H, W) or (N, H, W, C) and optional ``labels`` (N,) (as written by
-``ddpm sample``; 2-D toys: ``points`` (N, 2)), or a folder of images (PNG, JPEG, ...).
+as ``ddpm sample``), an ``.npz`` of samples or a folder of images; what is measured, and the
+files written to ``OUT`` (``eval.json``, ``nearest.png``, ``nearest.npz``), are described in
+:mod:`ddpmkit.evaluation.run`. Wrong input is a one-line error, and nothing is written.
 
-Images of a built-in dataset (fashion_mnist, mnist, digits) are compared in the feature space of
-that dataset's classifier (:mod:`ddpmkit.evaluation.classifier`): Frechet distance to the
-reference set, an Inception-Score analogue, k-NN precision and recall and, for conditional
-models, the share of samples classified as the requested class. Other image folders get the
-same statistics on the generic random-feature extractor, stated as such. 2-D toy models:
-sliced Wasserstein distance and MMD against fresh data. Models of images also get the NLL bound
-in bits/dim on real images, and every image evaluation a memorisation check (nearest training
-image of every sample, in pixels and features; ``OUT/nearest.png`` shows the closest pairs).
-
-Writes ``OUT/eval.json`` (every number with what it depends on: number of samples, EMA or raw
-weights, sampler and steps, reference set and its size, feature extractor), ``OUT/nearest.png``
-and ``OUT/nearest.npz``, and prints a table. Reference statistics are cached (see
-:mod:`ddpmkit.evaluation.reference`). Wrong input is a one-line error, and nothing is written.
-
-This module is the command line (arguments, checks, orchestration, printing); the work is in
-:mod:`ddpmkit.evaluation.sources` (reading SOURCE), :mod:`ddpmkit.evaluation.plan` (the
-dataset to compare with), :mod:`ddpmkit.evaluation.image_eval` and
-:mod:`ddpmkit.evaluation.toy_eval` (the metrics).
+This module is only the command line: the flags (one per field of
+:class:`~ddpmkit.evaluation.options.EvalOptions`, same names and defaults), building the
+options from them (:func:`options_from_args`), and printing the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from dataclasses import fields
 
-from ddpmkit.evaluation.image_eval import evaluate_images
-from ddpmkit.evaluation.plan import IMAGE_DATASETS, MIN_SAMPLES, PR_K, TOYS, make_plan
-from ddpmkit.evaluation.sources import open_source
-from ddpmkit.evaluation.toy_eval import evaluate_toy
+from ddpmkit.evaluation.options import REF_SPLITS, EvalOptions
+from ddpmkit.evaluation.plan import IMAGE_DATASETS, TOYS
 from ddpmkit.sampling import SAMPLERS
-from ddpmkit.training.config import ConfigError
 
-__all__ = ["evaluate", "register"]
+__all__ = ["options_from_args", "register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -101,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ref-split",
         default="test",
-        choices=["test", "train"],
+        choices=list(REF_SPLITS),
         help="reference set for FD and precision/recall (default test; digits and folders have "
         "one split)",
     )
@@ -147,64 +127,18 @@ def _info(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    """The :class:`EvalOptions` of parsed ``ddpm eval`` arguments (one flag per field)."""
+    return EvalOptions(**{f.name: getattr(args, f.name) for f in fields(EvalOptions)})
+
+
 def _run(args: argparse.Namespace) -> int:
     """The ``ddpm eval`` handler: evaluate, print the table, name the files written."""
     from ddpmkit.evaluation.report import format_table
+    from ddpmkit.evaluation.run import evaluate
 
-    report, files = evaluate(args, log=_info)
+    report, files = evaluate(args.source, options_from_args(args), log=_info)
     print(format_table(report), flush=True)
     for f in files:
         _info(f"wrote {f}")
     return 0
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    """One-line errors for out-of-range arguments, before anything is read."""
-    if args.num is not None and args.num < MIN_SAMPLES:
-        raise ConfigError(f"--num: must be >= {MIN_SAMPLES}, got {args.num}")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    if args.ref_num is not None and args.ref_num <= PR_K:
-        raise ConfigError(f"--ref-num: must be > {PR_K}, got {args.ref_num}")
-    if args.bpd_images is not None and args.bpd_images < 0:
-        raise ConfigError(f"--bpd-images: must be >= 0, got {args.bpd_images}")
-    if args.bpd_timesteps < 0:
-        raise ConfigError(f"--bpd-timesteps: must be >= 0, got {args.bpd_timesteps}")
-    if args.memorisation < 0:
-        raise ConfigError(f"--memorisation: must be >= 0, got {args.memorisation}")
-    if args.eta is not None:
-        from ddpmkit.sample_settings import check_eta
-
-        check_eta(args.eta, args.sampler or "dpmpp")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {out} exists and is not a folder")
-
-
-def evaluate(
-    args: argparse.Namespace, log: Callable[[str], None] = _info
-) -> tuple[dict[str, Any], list[Path]]:
-    """Run the whole evaluation of ``args`` (see :func:`register`); returns (report, files).
-
-    Every check of the input happens before anything is written; files go to ``args.out``.
-    """
-    from ddpmkit.version import __version__
-
-    _check_args(args)
-    src = open_source(args, log)
-    plan = make_plan(src, args)
-    notes = list(src.notes)
-    report: dict[str, Any] = {
-        "ddpmkit_version": __version__,
-        "source": {"kind": src.kind, "path": str(src.path)},
-        "dataset": plan.dataset,
-    }
-    if src.meta is not None:
-        report["source"]["model_folder"] = str(src.model_folder)
-        if "step" in src.meta:
-            report["source"]["step"] = int(src.meta["step"])
-    if plan.toy:
-        files = evaluate_toy(src, args, plan, report, notes, log)
-    else:
-        files = evaluate_images(src, args, plan, report, notes, log)
-    return report, files

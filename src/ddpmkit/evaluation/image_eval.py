@@ -11,10 +11,9 @@ with the memorisation check, ``OUT/nearest.png`` and ``OUT/nearest.npz``.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,21 +33,24 @@ from ddpmkit.evaluation.plan import (
 from ddpmkit.evaluation.samples import draw_samples
 from ddpmkit.evaluation.sources import Source
 
+if TYPE_CHECKING:
+    from ddpmkit.evaluation.options import EvalOptions
+
 __all__ = ["evaluate_images"]
 
 
-def _cache_folder(args: argparse.Namespace) -> Path | None:
+def _cache_folder(opts: EvalOptions) -> Path | None:
     """The reference statistics cache of ``--cache-dir``/``--no-cache``, or the default."""
     from ddpmkit.evaluation.reference import default_cache_dir
 
-    if args.no_cache:
+    if opts.no_cache:
         return None
-    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    return Path(opts.cache_dir).expanduser() if opts.cache_dir else default_cache_dir()
 
 
 def evaluate_images(
     src: Source,
-    args: argparse.Namespace,
+    opts: EvalOptions,
     plan: Plan,
     report: dict[str, Any],
     notes: list[str],
@@ -65,7 +67,7 @@ def evaluate_images(
     from ddpmkit.evaluation.report import METRIC_INFO, depends_on
 
     # Everything that can fail on bad input happens before sampling and before any write.
-    full_ref = load_split(plan, args.ref_split, log)
+    full_ref = load_split(plan, opts.ref_split, log)
     ref_shape = tuple(int(s) for s in full_ref.images.shape[1:])
     if ref_shape != plan.sample_shape:
         what = "the model makes" if src.kind == "model" else f"{src.path} holds"
@@ -78,16 +80,16 @@ def evaluate_images(
             f"reference folder images brought to the samples' shape {shape_str(ref_shape)} "
             "(scaled to cover, centre-cropped; channels converted)"
         )
-    ref = subset(full_ref, args.ref_num, "--ref-num")
+    ref = subset(full_ref, opts.ref_num, "--ref-num")
     if len(ref) <= PR_K:
         raise DatasetError(f"the reference set has {len(ref)} images; need more than {PR_K}")
-    feats = choose_extractor(plan, args.batch_size, notes)  # before sampling: fail early
+    feats = choose_extractor(plan, opts.batch_size, notes)  # before sampling: fail early
     if src.kind == "model":
-        num = args.num if args.num is not None else 1000
-        samples, labels, sinfo = draw_samples(src, args, plan, num, log)
+        num = opts.num if opts.num is not None else 1000
+        samples, labels, sinfo = draw_samples(src, opts, plan, num, log)
     else:
         assert src.images is not None
-        samples = src.images[: args.num] if args.num is not None else src.images
+        samples = src.images[: opts.num] if opts.num is not None else src.images
         labels = src.labels[: samples.shape[0]] if src.labels is not None else None
         if samples.shape[0] < MIN_SAMPLES:
             raise DatasetError(
@@ -107,8 +109,8 @@ def evaluate_images(
             "labels": "from the file" if labels is not None else "none",
         }
     n = int(samples.shape[0])
-    cache = _cache_folder(args)
-    ref_desc = f"{plan.dataset} {split_name(plan, args.ref_split)}: {ref.source}"
+    cache = _cache_folder(opts)
+    ref_desc = f"{plan.dataset} {split_name(plan, opts.ref_split)}: {ref.source}"
     ref_stats, cache_state, key = feats.statistics(ref, ref_desc, cache, log)
     log(f"extracting features of {n} samples")
     ex = feats.extract(samples)
@@ -124,7 +126,7 @@ def evaluate_images(
     report["samples"] = sinfo
     report["reference"] = {
         "dataset": plan.dataset,
-        "split": split_name(plan, args.ref_split),
+        "split": split_name(plan, opts.ref_split),
         "size": len(ref),
         "description": ref.source,
         "fingerprint": ref_stats.info["fingerprint"],
@@ -137,17 +139,17 @@ def evaluate_images(
 
     files: list[Path] = []
     like = None
-    bpd_n = args.bpd_images if args.bpd_images is not None else 100
+    bpd_n = opts.bpd_images if opts.bpd_images is not None else 100
     if src.kind == "model" and bpd_n > 0:
-        like = _likelihood(src, args, plan, full_ref, bpd_n, log)
+        like = _likelihood(src, opts, plan, full_ref, bpd_n, log)
     report["likelihood"] = like
 
     mem: dict[str, Any] | None = None
     mem_files: dict[str, Any] = {}
     floor: float | None = None
-    if args.memorisation > 0:
+    if opts.memorisation > 0:
         mem, mem_files, floor = memorisation_check(
-            samples, ex.features, plan, args, ref, ref_stats, feats, cache, log
+            samples, ex.features, plan, opts, ref, ref_stats, feats, cache, log
         )
     if floor is not None:
         metrics["fd_real_floor"] = floor
@@ -157,7 +159,7 @@ def evaluate_images(
     report["depends_on"] = depends_on(report)
     report["notes"] = notes
 
-    out = Path(args.out)
+    out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     if mem is not None:
         files += write_memorisation(out, samples, mem_files)
@@ -169,7 +171,7 @@ def evaluate_images(
 
 def _likelihood(
     src: Source,
-    args: argparse.Namespace,
+    opts: EvalOptions,
     plan: Plan,
     data: ImageData,
     n: int,
@@ -181,17 +183,17 @@ def _likelihood(
     from ddpmkit.trained import load
     from ddpmkit.training.build import default_device
 
-    trained = load(src.path, raw=args.raw, device=default_device())
+    trained = load(src.path, raw=opts.raw, device=default_device())
     model, sched, cfg, device = trained.network, trained.schedule, trained.config, trained.device
     sched_d = sched.to(device)
     n = min(n, len(data))
-    strata = args.bpd_timesteps or None
+    strata = opts.bpd_timesteps or None
     conditional = bool(plan.num_classes) and data.labels is not None
     gen = torch.Generator().manual_seed(0)
     totals, parts = [], {"prior_bpd": [], "vb_bpd": [], "decoder_bpd": []}  # type: ignore[var-annotated]
     log(f"NLL bound on {n} images ({strata or 'all'} timestep strata)")
-    for lo in range(0, n, args.batch_size):
-        hi = min(n, lo + args.batch_size)
+    for lo in range(0, n, opts.batch_size):
+        hi = min(n, lo + opts.batch_size)
         x0 = to_model_range(data.images[lo:hi]).to(device)
         y = data.labels[lo:hi].to(device) if conditional and data.labels is not None else None
         terms = vlb_terms(
@@ -213,13 +215,13 @@ def _likelihood(
         "bpd_stderr": std / n**0.5,
         **{k.replace("_bpd", "_bpd_mean"): float(torch.cat(v).mean()) for k, v in parts.items()},
         "num_images": n,
-        "split": split_name(plan, args.ref_split),
+        "split": split_name(plan, opts.ref_split),
         "images": f"the first {n} images of the {plan.dataset} "
-        f"{split_name(plan, args.ref_split)} split",
+        f"{split_name(plan, opts.ref_split)} split",
         "timesteps": f"{strata} stratified timesteps (unbiased estimate of the bound)"
         if strata and strata < plan.num_steps - 1
         else f"all {plan.num_steps - 1} timesteps",
         "conditioning": "each image's true label (log p(x | y))" if conditional else "none",
-        "weights": "raw" if args.raw else "EMA",
+        "weights": "raw" if opts.raw else "EMA",
         "precision": "fp32",
     }

@@ -9,10 +9,9 @@ FD floor between real training and reference features). :func:`write_memorisatio
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +21,9 @@ from ddpmkit.data.images import ImageData
 from ddpmkit.evaluation.extractor import Features
 from ddpmkit.evaluation.plan import SINGLE_SPLIT, Plan, load_split, seeded_indices, split_name
 
+if TYPE_CHECKING:
+    from ddpmkit.evaluation.options import EvalOptions
+
 __all__ = ["memorisation_check", "write_memorisation"]
 
 
@@ -29,7 +31,7 @@ def memorisation_check(
     samples: Tensor,
     sample_feats: Tensor,
     plan: Plan,
-    args: argparse.Namespace,
+    opts: EvalOptions,
     ref: ImageData,
     ref_stats: Any,
     feats: Features,
@@ -49,7 +51,7 @@ def memorisation_check(
     )
     assert m.feature_dist is not None and m.feature_index is not None
     n = int(samples.shape[0])
-    distinct = plan.dataset not in SINGLE_SPLIT and args.ref_split == "test"
+    distinct = plan.dataset not in SINGLE_SPLIT and opts.ref_split == "test"
     info: dict[str, Any] = {
         "train_set": {
             "dataset": plan.dataset,
@@ -91,7 +93,7 @@ def memorisation_check(
         info["note"] = (
             "no held-out split (the reference is the training set): no test-image baseline"
         )
-    order = m.closest(args.memorisation)
+    order = m.closest(opts.memorisation)
     info["closest"] = [
         {
             "sample": int(i),

@@ -9,9 +9,9 @@ The shared limits of the evaluation (datasets, :data:`MIN_SAMPLES`, :data:`PR_K`
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ from ddpmkit.data.registry import DATASETS
 from ddpmkit.data.toy2d import TOY_NAMES
 from ddpmkit.errors import CheckpointError, ConfigError, DatasetError
 from ddpmkit.evaluation.sources import Source
+
+if TYPE_CHECKING:
+    from ddpmkit.evaluation.options import EvalOptions
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -66,23 +69,23 @@ class Plan:
     num_steps: int = 0  # diffusion steps T of a model
 
 
-def make_plan(src: Source, args: argparse.Namespace) -> Plan:
-    """The :class:`Plan` for ``src``; a one-line error where source and arguments disagree."""
+def make_plan(src: Source, opts: EvalOptions) -> Plan:
+    """The :class:`Plan` for ``src``; a one-line error where source and options disagree."""
     if src.kind == "model":
-        return _plan_model(src, args)
-    given = [f"--{k.replace('_', '-')}" for k in MODEL_ONLY if getattr(args, k) is not None]
-    if args.raw:
+        return _plan_model(src, opts)
+    given = [f"--{k.replace('_', '-')}" for k in MODEL_ONLY if getattr(opts, k) is not None]
+    if opts.raw:
         given.append("--raw")
     if given:
         raise ConfigError(
             f"{', '.join(given)}: only for a model SOURCE; {src.path} holds samples already drawn"
         )
-    if args.dataset is None:
+    if opts.dataset is None:
         raise ConfigError(
             f"--dataset: say what the samples in {src.path} should match "
             f"({', '.join(IMAGE_DATASETS)} or a 2-D toy: {', '.join(TOYS)})"
         )
-    name = args.dataset
+    name = opts.dataset
     if src.points is not None:
         if name not in TOYS:
             raise ConfigError(
@@ -105,20 +108,20 @@ def make_plan(src: Source, args: argparse.Namespace) -> Plan:
             f"{src.path}: samples are {shape_str(shape)} but {name} images are "
             f"{shape_str(NATIVE_SHAPES[name])}; evaluate against the dataset they were made for"
         )
-    if name == "folder" and not args.root:
+    if name == "folder" and not opts.root:
         raise ConfigError("--dataset folder: give the folder of real images with --root DIR")
     return Plan(
         name,
         False,
         shape,
         num_classes=10 if name in NATIVE_SHAPES else 0,
-        root=args.root,
+        root=str(opts.root) if opts.root is not None else None,
         image_size=(shape[1], shape[2]) if name == "folder" else None,
         channels=shape[0] if name == "folder" else None,
     )
 
 
-def _plan_model(src: Source, args: argparse.Namespace) -> Plan:
+def _plan_model(src: Source, opts: EvalOptions) -> Plan:
     """The plan of a model SOURCE: its training dataset, shapes, seed and diffusion steps."""
     from ddpmkit.training.config import RunConfig, config_from_dict
 
@@ -130,10 +133,10 @@ def _plan_model(src: Source, args: argparse.Namespace) -> Plan:
     except (ConfigError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{src.model_folder}: its config cannot be used ({e})") from None
     name = cfg.data.name
-    if args.dataset is not None and args.dataset != name:
+    if opts.dataset is not None and opts.dataset != name:
         raise ConfigError(
-            f"--dataset {args.dataset}: {src.path} is a model of {name!r}; evaluate it against "
-            f"{name} (drop --dataset) or give a model trained on {args.dataset}"
+            f"--dataset {opts.dataset}: {src.path} is a model of {name!r}; evaluate it against "
+            f"{name} (drop --dataset) or give a model trained on {opts.dataset}"
         )
     d = cfg.diffusion
     num_steps = len(d.betas) if d.schedule == "custom" else d.num_steps
@@ -143,7 +146,7 @@ def _plan_model(src: Source, args: argparse.Namespace) -> Plan:
         return Plan(name, True, shape, train_seed=cfg.train.seed, num_steps=num_steps)
     if name not in IMAGE_DATASETS:
         raise CheckpointError(f"{src.model_folder}: image data of unknown dataset {name!r}")
-    root = args.root or cfg.data.root or None
+    root = str(opts.root) if opts.root else (cfg.data.root or None)
     if name == "folder" and not root:
         raise ConfigError(f"{src.path}: a folder-dataset model; give its images with --root DIR")
     size: tuple[int, int] | None = None

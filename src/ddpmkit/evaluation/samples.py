@@ -9,7 +9,7 @@ used.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -18,11 +18,14 @@ from ddpmkit.evaluation.sources import Source
 from ddpmkit.trained import load
 from ddpmkit.viz.grid import to_uint8
 
+if TYPE_CHECKING:
+    from ddpmkit.evaluation.options import EvalOptions
+
 __all__ = ["draw_samples"]
 
 
 def draw_samples(
-    src: Source, opts: Any, plan: Plan, num: int, log: Callable[[str], None]
+    src: Source, opts: EvalOptions, plan: Plan, num: int, log: Callable[[str], None]
 ) -> tuple[Tensor, Tensor | None, dict[str, Any]]:
     """(samples, labels or None, what was drawn) from the model at ``src.path``.
 

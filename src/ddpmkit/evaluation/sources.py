@@ -10,7 +10,6 @@ checked. Wrong input is a one-line :class:`~ddpmkit.data.images.DatasetError` (o
 
 from __future__ import annotations
 
-import argparse
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,9 +39,9 @@ class Source:
     notes: list[str] = field(default_factory=list)
 
 
-def open_source(args: argparse.Namespace, log: Callable[[str], None]) -> Source:
-    """The :class:`Source` named by ``args.source``; a one-line error for anything else."""
-    path = Path(args.source).expanduser()
+def open_source(source: str | Path, log: Callable[[str], None]) -> Source:
+    """The :class:`Source` at path ``source``; a one-line error for anything else."""
+    path = Path(source).expanduser()
     if not path.exists():
         raise ConfigError(
             f"{path}: does not exist; give a run/checkpoint/model folder, an .npz of samples "

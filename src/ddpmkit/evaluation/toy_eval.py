@@ -7,10 +7,9 @@ never the training set); a second independent draw gives each metric's data floo
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +17,9 @@ from ddpmkit.errors import DatasetError
 from ddpmkit.evaluation.plan import MIN_SAMPLES, Plan
 from ddpmkit.evaluation.samples import draw_samples
 from ddpmkit.evaluation.sources import Source
+
+if TYPE_CHECKING:
+    from ddpmkit.evaluation.options import EvalOptions
 
 __all__ = ["MMD_MAX_POINTS", "TOY_REF_SEED_OFFSET", "evaluate_toy"]
 
@@ -27,7 +29,7 @@ MMD_MAX_POINTS = 2000  # MMD memory is O((N + M)^2): at most this many points pe
 
 def evaluate_toy(
     src: Source,
-    args: argparse.Namespace,
+    opts: EvalOptions,
     plan: Plan,
     report: dict[str, Any],
     notes: list[str],
@@ -39,16 +41,16 @@ def evaluate_toy(
     from ddpmkit.evaluation.report import METRIC_INFO, depends_on, write_json
 
     if src.kind == "model":
-        num = args.num if args.num is not None else 1000
-        x, _, sinfo = draw_samples(src, args, plan, num, log)
+        num = opts.num if opts.num is not None else 1000
+        x, _, sinfo = draw_samples(src, opts, plan, num, log)
     else:
         assert src.points is not None
-        x = src.points[: args.num] if args.num is not None else src.points
+        x = src.points[: opts.num] if opts.num is not None else src.points
         if x.shape[0] < MIN_SAMPLES:
             raise DatasetError(f"{src.path}: {x.shape[0]} samples; need at least {MIN_SAMPLES}")
         sinfo = {"num": int(x.shape[0]), "shape": list(x.shape[1:]), "weights": None}
     n = int(x.shape[0])
-    m = args.ref_num if args.ref_num is not None else n
+    m = opts.ref_num if opts.ref_num is not None else n
     seed = plan.train_seed + TOY_REF_SEED_OFFSET
     ref = make_toy(plan.dataset, m, seed=seed)
     other = make_toy(plan.dataset, n, seed=seed + 1)
@@ -88,6 +90,6 @@ def evaluate_toy(
     report["memorisation"] = None
     report["depends_on"] = depends_on(report)
     report["notes"] = notes
-    out = Path(args.out)
+    out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     return [write_json(out / "eval.json", report)]
