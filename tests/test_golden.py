@@ -107,6 +107,12 @@ for _guided in (False, True):
         CASES[f"ddim_eta{_eta:g}{_g}"] = _sampler("ddim", _guided, eta=_eta)
         CASES[f"dpmpp_eta{_eta:g}{_g}"] = _sampler("dpmpp", _guided, eta=_eta)
     CASES[f"ddim_invert{_g}"] = _invert(_guided)
+    for _eta in (0.0, 1.0):
+        CASES[f"dpmpp3m_eta{_eta:g}{_g}"] = _sampler("dpmpp3m", _guided, eta=_eta)
+    CASES[f"unipc{_g}"] = _sampler("unipc", _guided)
+    CASES[f"heun{_g}"] = _sampler("heun", _guided)
+CASES["unipc_order3"] = _sampler("unipc", False, order=3)
+CASES["dpmpp3m_eta0_reference_d2"] = _sampler("dpmpp3m", False, reference_d2=True)
 CASES["ddim_eta0_v_prediction"] = _sampler("ddim", False, prediction="v")
 
 

@@ -35,9 +35,11 @@ def net(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torc
     return (0.5 * x.double() + 0.3 * torch.tanh(h)).float()
 
 
-CONFIGS = [("ddpm", {})] + [
-    (name, {"eta": eta}) for name in ("ddim", "dpmpp") for eta in (0.0, 0.5, 1.0)
-]
+CONFIGS = (
+    [("ddpm", {})]
+    + [(name, {"eta": eta}) for name in ("ddim", "dpmpp", "dpmpp3m") for eta in (0.0, 0.5, 1.0)]
+    + [("unipc", {}), ("heun", {})]  # deterministic given x_T
+)
 
 
 def _draw(
@@ -72,7 +74,7 @@ def test_sample_i_depends_only_on_seed_i(name: str, kw: dict[str, float], guided
     assert float((other - full).abs().min()) > 1e-3
 
 
-STOCHASTIC = [c for c in CONFIGS if c[0] == "ddpm" or c[1]["eta"] > 0]
+STOCHASTIC = [c for c in CONFIGS if c[0] == "ddpm" or c[1].get("eta", 0.0) > 0]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +96,7 @@ def test_stochastic_samplers_draw_their_step_noise_from_the_seeds(
     torch.testing.assert_close(run(net, SCHEDULE, x_T, num_steps=STEPS, seeds=SEEDS, **kw), a)
 
 
-@pytest.mark.parametrize("name", ["ddim", "dpmpp"])
+@pytest.mark.parametrize("name", ["ddim", "dpmpp", "dpmpp3m"])
 def test_eta_zero_is_deterministic_given_x_T(name: str) -> None:
     x_T = initial_noise((5, D), seeds=SEEDS)
     run = SAMPLERS[name]
