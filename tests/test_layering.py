@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "diffusion": 1,
     "nn": 1,
     "data": 1,
+    "text": 1,
     "sampling_core": 2,
     "solvers": 3,
     "sampling": 4,

@@ -46,15 +46,21 @@ def is_channels_last(x: Tensor) -> bool:
 PLAIN_ATTENTION_MAX_LEN = 256
 
 
-def plain_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def plain_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """softmax(q k^T / sqrt(d)) v as two batched matmuls and one softmax (Vaswani et al. 2017,
-    eq. 1); the L x L weights are materialised. Same shapes as :func:`attention`."""
+    eq. 1); the L x L weights are materialised. Same shapes and ``mask`` as :func:`attention`."""
     scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    if mask is not None:  # masked keys get weight exp(-inf) = 0 exactly
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
     return torch.matmul(scores.softmax(-1), v)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """Multi-head attention, (B, heads, Lq, d), (B, heads, Lk, d) x2 -> (B, heads, Lq, d).
+
+    ``mask``: optional bool (B, Lk), True for the keys each query may attend to (padding of
+    text tokens is False). Every row needs at least one True (a fully masked row is 0/0, NaN);
+    the U-Net guarantees it with its learned null token.
 
     SDPA chooses the kernel, except for bf16 on a CPU with sequences (Lq and Lk) of at most
     ``PLAIN_ATTENTION_MAX_LEN`` = 256, which run as :func:`plain_attention`. Measured with torch
@@ -79,8 +85,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """
     short = max(q.shape[-2], k.shape[-2]) <= PLAIN_ATTENTION_MAX_LEN
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and short:
-        return plain_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v)
+        return plain_attention(q, k, v, mask)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
 
 
 def split_heads(t: Tensor, head_dim: int) -> Tensor:
@@ -162,7 +170,11 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """x + proj(MHA(q = GN(x), k = v = tokens)); pixels attend to condition tokens (B, L, D)."""
+    """x + proj(MHA(q = GN(x), k = v = tokens)); pixels attend to condition tokens (B, L, D).
+
+    ``mask`` (B, L) bool, True for real tokens: padding (False) takes no part, so appending
+    padding tokens of any value leaves the output unchanged. Each row needs one real token.
+    """
 
     def __init__(self, channels: int, cond_dim: int, num_heads: int, groups: int):
         super().__init__()
@@ -174,13 +186,13 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(cond_dim, 2 * channels)
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
-    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
+    def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         h = group_norm_act(self.norm, x, act=False)
         q = split_heads(self.q(h), self.head_dim)  # (B, heads, HW, d)
         b, length, _ = tokens.shape
         kv = self.kv(tokens).to(q.dtype)  # (B, L, 2C); same dtype as q outside autocast too
         k, v = kv.reshape(b, length, 2 * self.heads, self.head_dim).transpose(1, 2).chunk(2, 1)
-        return x + self.proj(merge_heads(attention(q, k, v), x))
+        return x + self.proj(merge_heads(attention(q, k, v, mask), x))
 
 
 class Downsample(nn.Module):

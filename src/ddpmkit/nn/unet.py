@@ -1,8 +1,18 @@
 """The image denoiser: a U-Net (Ronneberger et al. 2015) as used by Ho et al. 2020 (Appendix B)
-and Nichol & Dhariwal 2021, with class conditioning for classifier-free guidance.
+and Nichol & Dhariwal 2021, with class or text conditioning for classifier-free guidance.
 
-Shapes: ``forward(x: (B, C, H, W), t: (B,) long, y: (B,) long | None) -> (B, C, H, W)``.
+Shapes: ``forward(x: (B, C, H, W), t: (B,) long, y: (B,) long | None, text=None) -> (B, C, H, W)``.
 ``y = None`` on a conditional model means "no label" (the null class, as does any label < 0).
+
+Text (``text_dim > 0``): ``text = (tokens (B, L, text_dim) float, mask (B, L) bool, pooled
+(B, text_dim))``, e.g. a ``ddpmkit.text.TextEncoding`` (a named tuple; ``nn`` does not import
+``text``). With "add" in ``text_conditioning`` the pooled vector goes through an MLP and joins the
+time embedding (seed 001); with "cross" the tokens, LayerNorm-ed and projected, are the keys and
+values of cross-attention from the pixels, padding masked out (seed 000, Stable Diffusion). A row
+whose mask is all False is the *null condition* (the empty prompt; ``text=None`` for every row):
+its pooled vector is replaced by a learned one (``text_null_pooled``) and its only key is a
+learned null token (``text_null_token``), which is present, masked out, in every other row, so a
+fully masked row never reaches the softmax (no NaN) and padding changes nothing.
 
 Layout: conv_in -> per level ``num_res_blocks`` ResBlocks (+ self-attention at the chosen
 feature-map sizes, + cross-attention to label tokens when ``conditioning`` includes "cross"),
@@ -38,7 +48,14 @@ from ddpmkit.nn.blocks import (
 from ddpmkit.nn.embeddings import LabelEmbedding, LabelTokens, TimeEmbedding
 from ddpmkit.nn.groupnorm import group_norm_act
 
-__all__ = ["CONDITIONINGS", "Conditioning", "UNet", "UNetConfig", "num_parameters"]
+__all__ = [
+    "CONDITIONINGS",
+    "Conditioning",
+    "TextCondition",
+    "UNet",
+    "UNetConfig",
+    "num_parameters",
+]
 
 # how class labels enter the U-Net: the one list (config validation imports it)
 Conditioning = Literal["add", "cross", "add+cross"]
@@ -61,9 +78,15 @@ class UNetConfig:
         dropout: in every ResBlock, before its last conv.
         num_classes: 0 = unconditional; otherwise labels 0..num_classes-1 plus a null class.
         conditioning: "add" (label embedding added to the time embedding), "cross"
-            (cross-attention to label tokens wherever there is self-attention, middle included)
-            or "add+cross"; ignored when num_classes = 0.
+            (cross-attention to label tokens at ``cross_attention_resolutions``, middle
+            included) or "add+cross"; ignored when num_classes = 0.
         num_cond_tokens: tokens per label for cross-attention.
+        text_dim: width D of the text encoder's tokens and pooled vector (384 for "minilm");
+            0 = no text conditioning.
+        text_conditioning: how text enters, as ``conditioning`` for labels: "add" (pooled
+            vector), "cross" (tokens) or "add+cross"; ignored when text_dim = 0.
+        cross_attention_resolutions: feature-map sides whose levels get cross-attention (labels
+            or text), the middle block always; None = the attention_resolutions.
         scale_shift: FiLM-style GN(h) * (1 + scale) + shift from the time embedding
             (improved-diffusion); False adds it as a bias before the norm (Ho et al.).
         groups: GroupNorm groups; must divide every level's width.
@@ -87,11 +110,14 @@ class UNetConfig:
     scale_shift: bool = True
     groups: int = 8
     patch_size: int = 1
+    text_dim: int = 0
+    text_conditioning: Conditioning = "add+cross"
+    cross_attention_resolutions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # Lists (from TOML/JSON configs) become tuples so the config stays hashable and equal to
         # the same config written with tuples.
-        for name in ("channel_mults", "attention_resolutions"):
+        for name in ("channel_mults", "attention_resolutions", "cross_attention_resolutions"):
             v = getattr(self, name)
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(v))
@@ -103,6 +129,18 @@ class UNetConfig:
         """(H, W) of the input images."""
         s = self.image_size
         return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    @property
+    def cross_resolutions(self) -> tuple[int, ...]:
+        """The levels' sizes that get cross-attention (labels or text)."""
+        r = self.cross_attention_resolutions
+        return self.attention_resolutions if r is None else r
+
+    @property
+    def uses_cross(self) -> bool:
+        """True if some condition (labels or text) enters through cross-attention."""
+        labels = self.num_classes > 0 and "cross" in self.conditioning
+        return labels or (self.text_dim > 0 and "cross" in self.text_conditioning)
 
     def level_sizes(self) -> list[int]:
         """min(H, W) of the feature maps at each level (what attention_resolutions refers to)."""
@@ -145,16 +183,20 @@ class UNetConfig:
                     f"channel_mults={list(self.channel_mults)})"
                 )
         sizes = self.level_sizes()
-        for r in self.attention_resolutions:
-            if r not in sizes:
+        for name in ("attention_resolutions", "cross_attention_resolutions"):
+            for r in getattr(self, name) or ():
+                if r not in sizes:
+                    raise ValueError(
+                        f"{name}: no level has feature-map size {r}; the levels' sizes "
+                        f"(min(H, W)) are {sizes}"
+                    )
+        for name in ("conditioning", "text_conditioning"):
+            if getattr(self, name) not in CONDITIONINGS:
                 raise ValueError(
-                    f"attention_resolutions: no level has feature-map size {r}; the levels' sizes "
-                    f"(min(H, W)) are {sizes}"
+                    f"{name} {getattr(self, name)!r} is not one of {list(CONDITIONINGS)}"
                 )
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(
-                f"conditioning {self.conditioning!r} is not one of {list(CONDITIONINGS)}"
-            )
+        if self.text_dim < 0:
+            raise ValueError(f"text_dim must be >= 0 (0 = no text), got {self.text_dim}")
         if self.num_classes < 0:
             raise ValueError(
                 f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}"
@@ -170,6 +212,10 @@ def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+# The text condition as the U-Net takes it: (tokens (B, L, D), mask (B, L) bool, pooled (B, D)).
+TextCondition = tuple[Tensor, Tensor, Tensor]
+
+
 class _Level(nn.Module):
     """One ResBlock with optional self- and cross-attention after it."""
 
@@ -177,12 +223,14 @@ class _Level(nn.Module):
         super().__init__()
         self.res, self.attn, self.cross = res, attn, cross
 
-    def forward(self, x: Tensor, emb: Tensor, tokens: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None = None
+    ) -> Tensor:
         x = self.res(x, emb)
         if self.attn is not None:
             x = self.attn(x)
         if self.cross is not None and tokens is not None:
-            x = self.cross(x, tokens)
+            x = self.cross(x, tokens, mask)
         return x
 
 
@@ -192,7 +240,8 @@ class UNet(nn.Module):
     ``UNet(cfg)`` validates ``cfg`` first (ValueError naming the field). The time embedding has
     width 4 * base_channels (Ho et al.); label embeddings and label tokens use the same width.
     Every parameter takes part in every forward pass (no unused parameters under DDP), also
-    for ``y = None`` on a conditional model (the null class is a learned embedding).
+    for ``y = None`` on a conditional model (the null class is a learned embedding) and for
+    ``text = None`` on a text model (both the projections and the learned nulls are computed).
 
     ``checkpointing``: activation checkpointing while training (module docstring); a runtime
     switch, not part of the architecture (same parameters, same state dict), also settable as
@@ -213,18 +262,35 @@ class UNet(nn.Module):
             if conditional and "add" in cfg.conditioning
             else None
         )
-        use_cross = conditional and "cross" in cfg.conditioning
         cond_dim = emb_dim
         self.label_tokens = (
-            LabelTokens(cfg.num_classes, cond_dim, cfg.num_cond_tokens) if use_cross else None
+            LabelTokens(cfg.num_classes, cond_dim, cfg.num_cond_tokens)
+            if conditional and "cross" in cfg.conditioning
+            else None
         )
+        # Text: pooled -> MLP -> added to emb; tokens -> LayerNorm -> Linear -> cross-attention.
+        d = cfg.text_dim
+        text_add = d > 0 and "add" in cfg.text_conditioning
+        text_cross = d > 0 and "cross" in cfg.text_conditioning
+        self.text_pooled = (
+            nn.Sequential(nn.Linear(d, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if text_add
+            else None
+        )
+        self.text_null_pooled = nn.Parameter(torch.randn(emb_dim) * 0.02) if text_add else None
+        self.text_tokens = (
+            nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cond_dim)) if text_cross else None
+        )
+        self.text_null_token = nn.Parameter(torch.randn(1, cond_dim) * 0.02) if text_cross else None
+        use_cross = cfg.uses_cross
 
         def level(c_in: int, c_out: int, size: int) -> _Level:
             at = size in cfg.attention_resolutions
+            cross = use_cross and size in cfg.cross_resolutions
             return _Level(
                 ResBlock(c_in, c_out, emb_dim, g, cfg.dropout, cfg.scale_shift),
                 SelfAttention(c_out, cfg.num_heads, g) if at else None,
-                CrossAttention(c_out, cond_dim, cfg.num_heads, g) if at and use_cross else None,
+                CrossAttention(c_out, cond_dim, cfg.num_heads, g) if cross else None,
             )
 
         sizes = cfg.level_sizes()
@@ -256,13 +322,18 @@ class UNet(nn.Module):
             nn.GroupNorm(g, ch), nn.SiLU(), zero_init(nn.Conv2d(ch, c_io, 3, padding=1))
         )
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """(B, C, H, W), (B,) long, (B,) long | None -> (B, C, H, W).
+    def forward(
+        self, x: Tensor, t: Tensor, y: Tensor | None = None, text: TextCondition | None = None
+    ) -> Tensor:
+        """(B, C, H, W), (B,) long, (B,) long | None, text | None -> (B, C, H, W).
 
         ``t``: timestep indices in [0, T). ``y``: class labels, < 0 (``NULL_LABEL``) for the
         null class; ``None`` on a conditional model is the null class for every sample, and is
-        ignored by an unconditional one. Works in any memory format and under autocast; the
-        output is returned as computed (bf16 under bf16 autocast), the caller casts.
+        ignored by an unconditional one. ``text``: (tokens (B, L, text_dim), mask (B, L) bool,
+        pooled (B, text_dim)) on a model with ``text_dim > 0``, a row with its mask all False
+        (or ``text = None``: every row) being the null condition; passing text to a model
+        without text conditioning is a ValueError. Works in any memory format and under
+        autocast; the output is returned as computed (bf16 under bf16 autocast), the caller casts.
         """
         emb = self.time_embed(t)  # (B, 4 * base)
         tokens = None
@@ -273,6 +344,11 @@ class UNet(nn.Module):
                 emb = emb + self.label_embed(y)
             if self.label_tokens is not None:
                 tokens = self.label_tokens(y)  # (B, L, D)
+        mask = None
+        if self.cfg.text_dim > 0:
+            emb, tokens, mask = self._text(x, emb, tokens, text)
+        elif text is not None:
+            raise ValueError("text given to a U-Net without text conditioning (model.text_dim = 0)")
         p = self.cfg.patch_size
         h = self.conv_in(F.pixel_unshuffle(x, p) if p > 1 else x)
         ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
@@ -281,35 +357,83 @@ class UNet(nn.Module):
             if isinstance(mod, Downsample):
                 h = mod(h)
             elif ckpt:
-                h = checkpoint(mod, h, emb, tokens, use_reentrant=False)
+                h = checkpoint(mod, h, emb, tokens, mask, use_reentrant=False)
             else:
-                h = mod(h, emb, tokens)
+                h = mod(h, emb, tokens, mask)
             hs.append(h)
         if ckpt:
-            h = checkpoint(self._middle, h, emb, tokens, use_reentrant=False)
+            h = checkpoint(self._middle, h, emb, tokens, mask, use_reentrant=False)
         else:
-            h = self._middle(h, emb, tokens)
+            h = self._middle(h, emb, tokens, mask)
         for mod in self.up:
             if isinstance(mod, Upsample):
                 h = mod(h)
             elif ckpt:  # the concatenation inside: its output is not kept either
-                h = checkpoint(_cat_level, mod, h, hs.pop(), emb, tokens, use_reentrant=False)
+                h = checkpoint(_cat_level, mod, h, hs.pop(), emb, tokens, mask, use_reentrant=False)
             else:
-                h = _cat_level(mod, h, hs.pop(), emb, tokens)
+                h = _cat_level(mod, h, hs.pop(), emb, tokens, mask)
         norm, _, conv = self.out  # (GroupNorm, SiLU, conv): kept as modules for the state dict
         assert isinstance(norm, nn.GroupNorm)
         out = conv(group_norm_act(norm, h))
         return F.pixel_shuffle(out, p) if p > 1 else out
 
-    def _middle(self, h: Tensor, emb: Tensor, tokens: Tensor | None) -> Tensor:
+    def _text(
+        self, x: Tensor, emb: Tensor, label_tokens: Tensor | None, text: TextCondition | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Join the text condition: (emb, cross-attention tokens, their mask); module doc."""
+        b, d = x.shape[0], self.cfg.text_dim
+        if text is None:  # the null condition for every row
+            text = (
+                x.new_zeros(b, 1, d),
+                torch.zeros(b, 1, dtype=torch.bool, device=x.device),
+                x.new_zeros(b, d),
+            )
+        tok, mask, pooled = text
+        if tok.ndim != 3 or tok.shape[0] != b or tok.shape[2] != d:
+            raise ValueError(
+                f"text tokens must be ({b}, L, {d}) for this U-Net, got {tuple(tok.shape)}"
+            )
+        if tuple(mask.shape) != tuple(tok.shape[:2]) or tuple(pooled.shape) != (b, d):
+            raise ValueError(
+                f"text mask must be {tuple(tok.shape[:2])} and pooled ({b}, {d}), got "
+                f"{tuple(mask.shape)} and {tuple(pooled.shape)}"
+            )
+        tok, pooled = tok.to(x.device, torch.float32), pooled.to(x.device, torch.float32)
+        mask = mask.to(device=x.device, dtype=torch.bool)
+        null = ~mask.any(dim=1)  # (B,) rows without a real token: the null condition
+        if self.text_pooled is not None:
+            assert self.text_null_pooled is not None
+            p = self.text_pooled(pooled)  # (B, 4 * base)
+            emb = emb + torch.where(null[:, None], self.text_null_pooled.to(p.dtype), p)
+        if self.text_tokens is None:
+            return emb, label_tokens, None
+        assert self.text_null_token is not None
+        ctx = self.text_tokens(tok)  # (B, L, cond_dim)
+        null_tok = self.text_null_token.to(ctx.dtype).expand(b, 1, -1)  # (B, 1, cond_dim)
+        ctx = torch.cat([null_tok, ctx], dim=1)  # (B, 1 + L, cond_dim)
+        ctx_mask = torch.cat([null[:, None], mask], dim=1)  # null rows see only the null token
+        if label_tokens is not None:  # labels and text together: labels' tokens always seen
+            ones = torch.ones(b, label_tokens.shape[1], dtype=torch.bool, device=x.device)
+            ctx = torch.cat([label_tokens.to(ctx.dtype), ctx], dim=1)
+            ctx_mask = torch.cat([ones, ctx_mask], dim=1)
+        return emb, ctx, ctx_mask
+
+    def _middle(
+        self, h: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None = None
+    ) -> Tensor:
         h = self.mid1(h, emb)
         h = self.mid_attn(h)
         if self.mid_cross is not None and tokens is not None:
-            h = self.mid_cross(h, tokens)
+            h = self.mid_cross(h, tokens, mask)
         return self.mid2(h, emb)
 
 
 def _cat_level(
-    mod: nn.Module, h: Tensor, skip: Tensor, emb: Tensor, tokens: Tensor | None
+    mod: nn.Module,
+    h: Tensor,
+    skip: Tensor,
+    emb: Tensor,
+    tokens: Tensor | None,
+    mask: Tensor | None = None,
 ) -> Tensor:
-    return mod(torch.cat([h, skip], dim=1), emb, tokens)
+    return mod(torch.cat([h, skip], dim=1), emb, tokens, mask)
