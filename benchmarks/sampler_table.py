@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 import ddpmkit.sampling as sampling
+import ddpmkit.sampling_core as sampling_core
 from ddpmkit.evaluation.metrics import sliced_wasserstein
 from ddpmkit.evaluation.oracle import MixtureOracle, mixture_sample, mode_stats, ring_means
 from ddpmkit.sampling import SAMPLERS, SPACINGS
@@ -148,11 +149,12 @@ def patched_timesteps(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    sampling.make_timesteps = unclipped_make_timesteps
+    # sampling_timesteps lives in sampling_core (re-exported by sampling): patch it there.
+    sampling_core.make_timesteps = unclipped_make_timesteps
     try:
         yield
     finally:
-        sampling.make_timesteps = _LIBRARY_MAKE_TIMESTEPS
+        sampling_core.make_timesteps = _LIBRARY_MAKE_TIMESTEPS
 
 
 def evaluate(x: torch.Tensor, ref: torch.Tensor, means: torch.Tensor) -> dict[str, float]:
