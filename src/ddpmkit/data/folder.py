@@ -50,7 +50,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ddpmkit.data.images import ImageData, as_image_size, resize_center_crop
 from ddpmkit.errors import DatasetError
 
-__all__ = ["EXTENSIONS", "load_image_file", "load_image_folder", "scan_image_files"]
+__all__ = [
+    "EXTENSIONS",
+    "load_image_file",
+    "load_image_files",
+    "load_image_folder",
+    "scan_image_files",
+]
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -243,6 +249,30 @@ def load_image_folder(
     names = sorted({p.relative_to(base).parts[0] for p in files}) if class_subfolders else []
     index = {n: i for i, n in enumerate(names)}
 
+    images, kept = load_image_files(files, size, channels, base, log, num_threads=num_threads)
+    labels = [index[p.relative_to(base).parts[0]] for p in kept] if class_subfolders else []
+    c = int(images.shape[1])
+    lab = torch.tensor(labels, dtype=torch.int64) if class_subfolders else None
+    desc = f"folder {base} ({len(kept)} images, {size[0]}x{size[1]}, {c} channel{'s' * (c > 1)}"
+    desc += f", {len(names)} classes)" if class_subfolders else ")"
+    return ImageData(images, lab, names, desc)
+
+
+def load_image_files(
+    files: list[Path],
+    size: tuple[int, int],
+    channels: int | None,
+    base: Path,
+    log: Callable[[str], None] = print,
+    *,
+    num_threads: int | None = None,
+) -> tuple[torch.Tensor, list[Path]]:
+    """The readable ones of ``files`` as uint8 (N, C, H, W), and which files they are.
+
+    As :func:`load_image_folder` after its scan (same decoding, thread pool, one log line for
+    the unreadable files, DatasetError naming ``base`` if none is readable), for callers that
+    need to know which file each image came from (captions, see :mod:`ddpmkit.data.captioned`).
+    """
     workers = num_threads or min(8, 2 * (os.cpu_count() or 1))
     if workers <= 1 or len(files) < 16:
         results = [_try_load(p, size, channels) for p in files]
@@ -251,20 +281,21 @@ def load_image_folder(
             results = list(pool.map(lambda p: _try_load(p, size, channels), files))
 
     arrays: list[np.ndarray] = []
-    labels: list[int] = []
+    kept: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for p, (arr, why) in zip(files, results):
         if arr is None:
             skipped.append((p, why))
             continue
         arrays.append(arr)
-        if class_subfolders:
-            labels.append(index[p.relative_to(base).parts[0]])
+        kept.append(p)
     if skipped:
         first, why = skipped[0]
         n = len(skipped)
         log(f"skipped {n} unreadable file{'s' * (n != 1)} (first: {first}: {why})")
     if not arrays:
+        if not skipped:
+            raise DatasetError(f"no image files given under {base}")
         first, why = skipped[0]
         raise DatasetError(
             f"none of the {len(files)} image files under {base} could be read (first: {first}: "
@@ -275,7 +306,4 @@ def load_image_folder(
     out = np.empty((len(arrays), c, size[0], size[1]), dtype=np.uint8)
     for i, a in enumerate(arrays):
         out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # gray broadcasts to 3
-    lab = torch.tensor(labels, dtype=torch.int64) if class_subfolders else None
-    desc = f"folder {base} ({len(arrays)} images, {size[0]}x{size[1]}, {c} channel{'s' * (c > 1)}"
-    desc += f", {len(names)} classes)" if class_subfolders else ")"
-    return ImageData(torch.from_numpy(out), lab, names, desc)
+    return torch.from_numpy(out), kept
