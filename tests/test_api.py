@@ -91,8 +91,9 @@ def test_sample_i_depends_only_on_seed_plus_i(img_run: Path, sampler: str, eta: 
     five = model.sample(5, seed=10, batch_size=2, **kw)  # type: ignore[arg-type]
     torch.manual_seed(456)
     one = model.sample(1, seed=13, labels=[3], **kw)  # type: ignore[arg-type]
-    assert torch.equal(five[3], one[0])  # sample 3 of seed 10 has class 3 and seed 13
-    assert not torch.equal(five[0], five[1])
+    # sample 3 of seed 10 has class 3 and seed 13; batches of 2 and 1 may round differently
+    torch.testing.assert_close(five[3], one[0], atol=1e-4, rtol=0)
+    assert float((five[0] - five[1]).abs().max()) > 0.1
 
 
 def test_labels_by_name_and_explicit_timesteps(img_run: Path) -> None:
@@ -156,11 +157,12 @@ def test_ddpm_sample_dpmpp_with_eta_is_seeded(img_run: Path, tmp_path: Path) -> 
     assert main([*common, "--num", "3", "--batch-size", "2", "--out", str(tmp_path / "three")]) == 0
     five = np.load(tmp_path / "five" / "samples.npz")["images"]
     three = np.load(tmp_path / "three" / "samples.npz")["images"]
-    assert np.array_equal(five[:3], three)
+    diff = np.abs(five[:3].astype(int) - three.astype(int))  # batch 2 vs 5: float rounding
+    assert diff.max() <= 1 and diff.mean() < 0.01
     assert main([*common, "--num", "3", "--seed", "1", "--out", str(tmp_path / "s1")]) == 0
     shifted = np.load(tmp_path / "s1" / "samples.npz")["images"]
     # seed 1's sample 0 is seed 0's sample 1 only in its noise; its label differs (0 vs 1)
-    assert not np.array_equal(shifted, three)
+    assert np.abs(shifted.astype(int) - three.astype(int)).mean() > 5
 
 
 def test_s_curve_run_samples_as_its_preset_says(

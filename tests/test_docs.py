@@ -6,6 +6,9 @@
   network, 2 samples in 3 steps) and points the paths of user data (``data.root=``, ``--root``,
   ``--image``) at a small image folder it creates; nothing in the library changes behaviour for
   tests. Each document runs in its own empty working directory, so it must be self-contained.
+* Every fenced ``python`` block with ``>>>`` prompts in those documents is a doctest, run in
+  the same working directory after the document's commands (so ``runs/fashion_mnist`` is the
+  tiny run its ``ddpm train`` made), with ELLIPSIS for numbers that depend on the run's size.
 * Every relative link and image in docs/*.md and README.md exists, ``#anchors`` match a heading,
   and a link like [`q_sample`](../src/ddpmkit/diffusion.py) names a function or class that the
   linked file defines.
@@ -67,6 +70,29 @@ def commands(path: Path) -> list[list[str]]:
                 if words and words[0] in ("ddpm", ".venv/bin/ddpm"):
                     out.append(words[1:])
     return out
+
+
+def doctest_blocks(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each fenced ``python`` block that holds ``>>>`` examples."""
+    text = path.read_text()
+    out = []
+    for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M):
+        if ">>>" in m.group(1):
+            out.append((text[: m.start()].count("\n") + 1, m.group(1)))
+    return out
+
+
+def run_doctests(path: Path) -> None:
+    """Run the doctest blocks of ``path``; fail with the report of the first that fails."""
+    import doctest
+    import io
+
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    for line, block in doctest_blocks(path):
+        test = doctest.DocTestParser().get_doctest(block, {}, f"{path.name}:{line}", None, line)
+        report = io.StringIO()
+        result = doctest.DocTestRunner(optionflags=flags).run(test, out=report.write)
+        assert result.failed == 0, f"{path.name}, block at line {line}:\n{report.getvalue()}"
 
 
 def _set(args: list[str], flag: str, value: str) -> list[str]:
@@ -156,6 +182,12 @@ def test_every_doc_command_runs(doc: Path, tmp_path: Path, monkeypatch: pytest.M
         assert main(small) == 0, f"{doc.name}: ddpm {shlex.join(args)}"
         for out in _outputs(small):
             assert (work / out).exists(), f"{doc.name}: ddpm {shlex.join(args)} wrote no {out}"
+    run_doctests(doc)
+
+
+def test_the_readme_has_a_checked_model_api_example() -> None:
+    blocks = doctest_blocks(ROOT / "README.md")
+    assert any("ddpmkit.load(" in b and ".sample(" in b for _, b in blocks)
 
 
 def _slug(heading: str) -> str:

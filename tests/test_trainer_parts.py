@@ -17,6 +17,7 @@ from ddpmkit.training.callbacks import Callback
 from ddpmkit.training.config import load_config
 from ddpmkit.training.loop import TrainingError, default_callbacks, train
 from ddpmkit.training.setup import build_run
+from ddpmkit.training.step import lr_at
 from ddpmkit.training.stopping import (
     BadStepLimit,
     StepsReached,
@@ -179,3 +180,29 @@ def test_bad_step_limit_saves_finite_weights_then_raises(tmp_path: Path) -> None
     with pytest.raises(TrainingError, match="no good checkpoint"):
         limit_bad.check(4, 12)
     assert saved == [11]  # non-finite weights are never saved
+
+
+def test_cosine_lr_follows_steps_or_the_time_limit_whichever_ends_first() -> None:
+    cfg = load_config("moons", ["train.lr=0.01", "train.warmup_steps=10", "train.steps=110",
+                                'train.lr_decay="cosine"'])  # fmt: skip
+    assert lr_at(cfg, 4) == pytest.approx(0.01 * 5 / 10)  # warm-up
+    assert lr_at(cfg, 60) == pytest.approx(0.005)  # half way through the steps: cos(pi/2)
+    assert lr_at(cfg, 60, time_frac=0.25) == pytest.approx(0.005)  # steps are further on
+    assert lr_at(cfg, 20, time_frac=0.5) == pytest.approx(0.005)  # time is further on
+    assert lr_at(cfg, 20, time_frac=1.0) == pytest.approx(0.0, abs=1e-12)
+    flat = load_config("moons", ["train.lr=0.01", "train.warmup_steps=0"])
+    assert lr_at(flat, 20, time_frac=0.9) == 0.01  # lr_decay = "none": time changes nothing
+
+
+def test_a_time_limited_run_decays_its_lr_to_the_limit(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "run", "train.steps=1000000", "train.time_limit_min=0.1",
+               'train.lr_decay="cosine"', "train.log_every=2", "train.warmup_steps=0")  # fmt: skip
+    train(cfg, progress=False, log=lambda s: None)
+    recs = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) >= 3
+    lr0, limit_s = cfg.train.lr, 60 * cfg.train.time_limit_min
+    for r in recs:  # the lr of a log step follows the clock: p = time_s / limit, 0.5 s slack
+        lo = 0.5 * lr0 * (1 + math.cos(math.pi * min(1.0, (r["time_s"] + 0.5) / limit_s)))
+        hi = 0.5 * lr0 * (1 + math.cos(math.pi * max(0.0, (r["time_s"] - 0.5) / limit_s)))
+        assert lo - 1e-9 <= r["lr"] <= hi + 1e-9, r
+    assert recs[-1]["lr"] < 0.1 * lr0  # it ended near 0, far below train.steps' schedule

@@ -30,13 +30,21 @@ from ddpmkit.training.stopping import BadStepLimit
 __all__ = ["SyncFreeStep", "SyncStep", "TrainStep", "lr_at", "make_step"]
 
 
-def lr_at(cfg: RunConfig, step: int) -> float:
-    """Linear warm-up to train.lr over warmup_steps, then constant or cosine decay to 0."""
+def lr_at(cfg: RunConfig, step: int, time_frac: float = 0.0) -> float:
+    """Linear warm-up to train.lr over warmup_steps, then constant or cosine decay to 0.
+
+    The cosine's progress is whichever budget is nearer its end: the steps after warm-up
+    ((step - warmup) / (train.steps - warmup)) or ``time_frac``, the share of this
+    invocation's ``train.time_limit_min`` already used (0 without a time limit). So a run
+    stopped by its time limit, like the default preset, still ends at a small learning rate:
+    lr = train.lr * (1 + cos(pi * p)) / 2, p = min(1, max(step progress, time_frac)).
+    """
     tr = cfg.train
     lr = tr.lr * min(1.0, (step + 1) / tr.warmup_steps) if tr.warmup_steps > 0 else tr.lr
     if tr.lr_decay == "cosine" and step >= tr.warmup_steps:
         span = max(1, tr.steps - tr.warmup_steps)
-        lr *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - tr.warmup_steps) / span)))
+        progress = max((step - tr.warmup_steps) / span, time_frac)
+        lr *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return lr
 
 
@@ -53,6 +61,7 @@ class TrainStep:
     ):
         self.run, self.cfg, self.window = run, run.cfg, window
         self.bad_limit, self.log = bad_limit, log
+        self.time_frac = 0.0  # share of the time limit used; the trainer sets it every step
         bf16 = run.cpath.bf16
         self.autocast: AbstractContextManager[Any] = (
             torch.autocast(run.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -66,7 +75,7 @@ class TrainStep:
         generator (the one consumer of that stream)."""
         run = self.run
         for group in run.opt.param_groups:
-            group["lr"] = lr_at(self.cfg, step)
+            group["lr"] = lr_at(self.cfg, step, self.time_frac)
         x, y, t, noise = run.batcher.draw(run.gen, run.device)
         if run.cpath.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

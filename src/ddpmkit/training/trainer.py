@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ddpmkit.training.callbacks import Callback
 from ddpmkit.training.checkpointing import Checkpointer
 from ddpmkit.training.distributed import DistInfo
@@ -141,6 +143,7 @@ class Trainer:
                 if s.stop.message:
                     self.log(s.stop.message)
                 return
+            self.step_fn.time_frac = self._time_frac()
             if not self.step_fn(s.step):
                 continue  # skipped: weights unchanged, no step number taken
             s.step += 1
@@ -149,6 +152,20 @@ class Trainer:
             if s.step % self.cfg.train.log_every == 0 or s.step == self.cfg.train.steps:
                 self._log_window()
             self.emit("on_step_end")
+
+    def _time_frac(self) -> float:
+        """Share of the time limit used so far, for a learning rate that decays with time
+        (``train.lr_decay = "cosine"``); 0 without a time limit or decay. Every rank uses
+        the mean of the ranks' clocks, so all ranks step with the same learning rate."""
+        s = self.state
+        if self.cfg.train.lr_decay == "none" or not math.isfinite(s.deadline):
+            return 0.0
+        frac = (time.perf_counter() - s.t0) / max(s.deadline - s.t0, 1e-9)
+        if self.dist.world_size > 1:
+            t = torch.tensor([frac], dtype=torch.float64, device=self.run.device)
+            self.dist.all_reduce_mean(t)
+            frac = float(t)
+        return min(1.0, max(0.0, frac))
 
     def _log_window(self) -> None:
         """The metrics record of the steps since the last one, to ``on_log``."""
@@ -159,7 +176,7 @@ class Trainer:
         rec = w.record(
             s.step,
             n_good,
-            lr=lr_at(self.cfg, s.step - 1),
+            lr=lr_at(self.cfg, s.step - 1, self.step_fn.time_frac),
             now=s.now,
             t0=s.t0,
             batch=self.run.batcher.g,
