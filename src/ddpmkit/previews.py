@@ -18,7 +18,7 @@ import dataclasses
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,6 +112,20 @@ def class_grid_labels(num_classes: int, per_class: int) -> Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
 
 
+PREVIEW_PROMPTS = 8  # rows of a text model's preview grid
+
+
+def preview_prompt_ids(captions: Sequence[str], k: int = PREVIEW_PROMPTS) -> list[int]:
+    """Indices of the fixed training prompts a text model's previews draw: the shortest
+    caption of each evenly spaced slice of the sorted caption set (short ones read best)."""
+    n = len(captions)
+    k = min(k, n)
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [
+        min(range(a, b), key=lambda i: (len(captions[i]), i)) for a, b in zip(bounds, bounds[1:])
+    ]
+
+
 def sample_images(
     model: nn.Module,
     sched: NoiseSchedule,
@@ -178,9 +192,17 @@ def write_preview(
         return _toy_preview(model, sched, data, cfg, out_dir, step, final)
     from ddpmkit.viz.grid import grid_with_row_labels, make_grid, save_grid, to_uint8
 
-    if data.num_classes:
+    rows: list[str] = data.class_names
+    y: Tensor | None
+    if data.captions is not None:  # text: one row per preview prompt (rows of the caption table)
+        ids = preview_prompt_ids(data.captions)
+        rows = [data.captions[i] for i in ids]
+        per_row = max(1, cfg.sample.num // len(ids))
+        y = torch.tensor(ids).repeat_interleave(per_row)
+        n, nrow = len(ids) * per_row, per_row
+    elif data.num_classes:
         per_class = max(1, cfg.sample.num // data.num_classes)
-        y: Tensor | None = class_grid_labels(data.num_classes, per_class)
+        y = class_grid_labels(data.num_classes, per_class)
         n, nrow = data.num_classes * per_class, per_class
     else:
         y, n = None, cfg.sample.num
@@ -192,7 +214,7 @@ def write_preview(
     path = out_dir / f"step_{step:08d}.png"
     upscale = max(1, 64 // data.sample_shape[1])
     if y is not None:
-        grid_with_row_labels(u8, nrow, data.class_names, path, upscale=upscale)
+        grid_with_row_labels(u8, nrow, rows, path, upscale=upscale)
     else:
         save_grid(u8, path, nrow, upscale=upscale)
     shutil.copyfile(path, out_dir / "latest.png")

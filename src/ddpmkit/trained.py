@@ -57,6 +57,12 @@ class TrainedModel:
     path: Path  # the folder the weights came from
     device: torch.device
     compute: ComputePath  # bf16 / NHWC decision for this device
+    text_encoder: Any = None  # a ddpmkit.text.TextEncoder for text models, else None
+
+    @property
+    def is_text(self) -> bool:
+        """True for a text-to-image model (sample it with ``prompts=``)."""
+        return "text_encoder" in self.meta
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -87,7 +93,21 @@ class TrainedModel:
         """``settings`` (default: the run's own) with ``overrides`` (None = keep), checked
         against this model and with steps/spacing filled in."""
         s = (settings or self.settings).override(**overrides)
-        return s.resolve(self.schedule, conditional=self.num_classes > 0)
+        return s.resolve(self.schedule, conditional=self.num_classes > 0 or self.is_text)
+
+    def prompts_for(self, num: int, prompts: Sequence[str] | None = None) -> Tensor:
+        """Encode ``prompts`` (used in turn; default: the empty prompt, i.e. the unconditional
+        model) into the network's table; returns sample i's row (prompt i mod len)."""
+        if self.text_encoder is None:
+            raise SettingsError("prompts", "needs a text-conditioned model; this one is not")
+        wanted = list(prompts) if prompts else [""]
+        if not all(isinstance(p, str) for p in wanted):
+            raise SettingsError("prompts", "every prompt must be a string")
+        distinct = list(dict.fromkeys(wanted))
+        enc = self.text_encoder.encode(distinct)
+        self.network.set_table(enc)  # type: ignore[operator]
+        index = {p: i for i, p in enumerate(distinct)}
+        return torch.tensor([index[wanted[i % len(wanted)]] for i in range(num)], dtype=torch.long)
 
     def labels_for(self, num: int, labels: Sequence[int | str] | None = None) -> Tensor | None:
         """One label per sample: ``labels`` (ints or class names) in turn, or every class in
@@ -118,6 +138,7 @@ class TrainedModel:
         num: int = 16,
         *,
         labels: Sequence[int | str] | Tensor | None = None,
+        prompts: Sequence[str] | None = None,
         settings: SampleSettings | None = None,
         sampler: str | None = None,
         steps: int | None = None,
@@ -136,6 +157,8 @@ class TrainedModel:
         Settings left at None are those of ``settings``, by default the run's own
         (``self.settings``). ``labels``: class indices
         or names, used in turn (default: every class in turn); a (num,) tensor is used as is.
+        ``prompts`` (text models only, instead of labels): used in turn; the empty prompt ""
+        samples the unconditional model (the default when none is given).
         Returns, for ``output="uint8"``, images as a uint8 array (N, H, W, C) and 2-D points as
         float32 (N, D); for ``output="tensor"`` the float32 tensor the sampler returns (images
         (N, C, H, W) in [-1, 1]). ``log`` receives the settings line and progress.
@@ -149,7 +172,17 @@ class TrainedModel:
             guidance=guidance,
             eta=eta,
         )
-        y = labels if isinstance(labels, Tensor) else self.labels_for(num, labels)
+        y: Tensor | None
+        if self.is_text:
+            if labels is not None:
+                raise SettingsError("labels", "this model is text-conditioned; give prompts=[...]")
+            y = self.prompts_for(num, prompts)
+        elif prompts is not None:
+            raise SettingsError(
+                "prompts", "needs a text-conditioned model; this one is not (use labels=[...])"
+            )
+        else:
+            y = labels if isinstance(labels, Tensor) else self.labels_for(num, labels)
         if log is not None:
             log(f"sampling {num}: {settings.describe()}")
         x = draw(
@@ -208,7 +241,15 @@ def load(
     if compute.channels_last:
         # NHWC: 1.2-1.3x faster sampling on a bf16 CPU (nn/groupnorm.py); same function
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    return TrainedModel(model.eval(), sched, cfg, meta, folder, dev, compute)
+    encoder = None
+    if "text_encoder" in meta:
+        from ddpmkit.text import encoder_from_config
+
+        try:
+            encoder = encoder_from_config(dict(meta["text_encoder"]["config"]))
+        except (ImportError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{folder}: its text encoder cannot be rebuilt ({e})") from None
+    return TrainedModel(model.eval(), sched, cfg, meta, folder, dev, compute, encoder)
 
 
 def _default_device() -> torch.device:

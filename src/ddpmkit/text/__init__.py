@@ -7,6 +7,7 @@ dependency); ``encode_all(encoder, captions)`` caches a finite caption set for t
 null condition (the empty prompt) and padding.
 """
 
+from ddpmkit.text.conditioned import TextConditioned
 from ddpmkit.text.encoding import (
     CachedEncoder,
     CaptionTable,
@@ -28,6 +29,7 @@ __all__ = [
     "CachedEncoder",
     "CaptionTable",
     "TextEncoder",
+    "TextConditioned",
     "TextEncoderName",
     "TextEncoding",
     "TinyEncoder",

@@ -29,6 +29,13 @@ class TrainData:
     class_names: list[str]
     kind: str  # "image" | "toy"
     source: str
+    # text-to-image: ``labels`` are caption ids into ``captions`` (the sorted caption set)
+    captions: list[str] | None = None
+    garments: Tensor | None = None  # int64 (N, 2) for captioned Fashion-MNIST, else None
+
+    @property
+    def is_text(self) -> bool:
+        return self.captions is not None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -36,6 +43,8 @@ class TrainData:
 
     @property
     def num_classes(self) -> int:
+        if self.captions is not None:
+            return 0
         return len(self.class_names) if self.labels is not None else 0
 
     @property
@@ -61,6 +70,7 @@ class TrainData:
             "class_names": self.class_names,
             "source": self.source,
             "num_items": int(self.x.shape[0]),
+            **({"num_captions": len(self.captions)} if self.captions is not None else {}),
         }
 
 
@@ -72,6 +82,10 @@ def load_train_data(cfg: RunConfig, log: Any = print) -> TrainData:
 
         x = make_toy(d.name, d.num_points, seed=cfg.train.seed)
         return TrainData(x, None, [], "toy", f"{d.name} ({d.num_points} points)")
+    from ddpmkit.training.config import is_captioned
+
+    if is_captioned(cfg):
+        return _load_captioned(cfg, log)
     from ddpmkit.data import DATASETS, load_dataset
 
     if d.name not in DATASETS:
@@ -101,6 +115,67 @@ def load_train_data(cfg: RunConfig, log: Any = print) -> TrainData:
     return TrainData(data.images, labels, names, "image", data.source)
 
 
+def _size(image_size: tuple[int, ...]) -> int | tuple[int, int] | None:
+    if not image_size:
+        return None
+    if len(image_size) == 1:
+        return image_size[0]
+    return (image_size[0], image_size[1])
+
+
+def _load_captioned(cfg: RunConfig, log: Any) -> TrainData:
+    """Images + caption ids (as ``labels``) of a captioned dataset (``is_captioned(cfg)``)."""
+    from ddpmkit.data.registry import load_captioned
+
+    d = cfg.data
+    cap = load_captioned(
+        d.name,
+        root=d.root or None,
+        split="train",
+        image_size=_size(d.image_size),
+        channels=d.channels or None,
+        seed=cfg.train.seed,
+        max_items=d.max_items,
+        scene_share=d.scene_share,
+        log=log,
+    )
+    names = list(cap.class_names)
+    return TrainData(
+        cap.images, cap.caption_ids, names, "image", cap.source, list(cap.caption_set),
+        cap.garments,
+    )  # fmt: skip
+
+
+def build_text_encoder_for(cfg: RunConfig, captions: list[str], log: Any = print) -> Any:
+    """The run's frozen text encoder (``[text]``); "tiny" takes the captions' vocabulary."""
+    from ddpmkit.text import build_text_encoder, vocabulary_of
+
+    t = cfg.text
+    try:
+        if t.encoder == "tiny":
+            return build_text_encoder(
+                "tiny", vocabulary=vocabulary_of(captions), max_length=t.max_length, log=log
+            )
+        return build_text_encoder(t.encoder, max_length=t.max_length, log=log)
+    except ImportError as e:
+        raise ConfigError(f"text.encoder: {t.encoder!r} cannot be loaded: {e}") from None
+
+
+def build_text_model(
+    cfg: RunConfig, data: TrainData, num_steps: int, log: Any = print
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(TextConditioned(U-Net, the caption table), the run metadata's ``text_encoder`` entry:
+    the encoder's ``config()`` and width) for captioned data."""
+    from ddpmkit.text import encode_all
+    from ddpmkit.text.conditioned import TextConditioned
+
+    assert data.captions is not None
+    encoder = build_text_encoder_for(cfg, data.captions, log)
+    table = encode_all(encoder, data.captions)
+    net = build_model(cfg.model, data.sample_shape, 0, num_steps, text_dim=encoder.dim)
+    return TextConditioned(net, table), {"config": encoder.config(), "dim": encoder.dim}
+
+
 def x0_clip_from_meta(data_desc: dict[str, Any]) -> float | None:
     """The sampler ``clip_x0`` bound for a saved model's data description (``describe()``).
 
@@ -122,7 +197,12 @@ def build_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
 
 
 def build_model(
-    cfg: ModelConfig, sample_shape: tuple[int, ...], num_classes: int, num_steps: int
+    cfg: ModelConfig,
+    sample_shape: tuple[int, ...],
+    num_classes: int,
+    num_steps: int,
+    *,
+    text_dim: int = 0,
 ) -> nn.Module:
     """The denoiser for data of ``sample_shape``: (D,) -> MLP, (C, H, W) -> U-Net."""
     if cfg.kind in ("mlp", "mlp_step"):
@@ -161,6 +241,9 @@ def build_model(
         scale_shift=cfg.scale_shift,
         groups=cfg.groups,
         patch_size=cfg.patch_size,
+        text_dim=text_dim,
+        text_conditioning=cfg.text_conditioning,
+        cross_attention_resolutions=tuple(cfg.cross_attention_resolutions) or None,
     )
     try:
         return UNet(ucfg, checkpointing=cfg.checkpointing)
@@ -174,6 +257,14 @@ def model_from_meta(meta: dict[str, Any]) -> tuple[nn.Module, NoiseSchedule, Run
 
     cfg = config_from_dict(RunConfig, meta["config"])
     data = meta["data"]
+    if "text_encoder" in meta:  # a text model: the U-Net inside TextConditioned (no table yet)
+        from ddpmkit.text.conditioned import TextConditioned
+
+        dim = int(meta["text_encoder"]["dim"])
+        net = build_model(
+            cfg.model, tuple(data["sample_shape"]), 0, cfg.diffusion.num_steps, text_dim=dim
+        )
+        return TextConditioned(net), build_schedule(cfg.diffusion), cfg
     model = build_model(
         cfg.model, tuple(data["sample_shape"]), int(data["num_classes"]), cfg.diffusion.num_steps
     )

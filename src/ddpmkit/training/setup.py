@@ -26,6 +26,7 @@ from ddpmkit.training.build import (
     TrainData,
     build_model,
     build_schedule,
+    build_text_model,
     load_train_data,
     load_weights,
 )
@@ -185,7 +186,13 @@ def build_run(cfg: RunConfig, *, resume: bool, log: Callable[[str], None]) -> Ru
     data = load_train_data(cfg, log=log if dist.is_main else (lambda s: None))
     sched = build_schedule(cfg.diffusion)
     torch.manual_seed(cfg.train.seed + dist.rank)
-    model = build_model(cfg.model, data.sample_shape, data.num_classes, sched.num_steps).to(device)
+    text_meta: dict[str, Any] | None = None
+    if data.is_text:  # the U-Net behind TextConditioned: y = caption id, -1 = null prompt
+        model, text_meta = build_text_model(cfg, data, sched.num_steps, log)
+        model = model.to(device)
+    else:
+        model = build_model(cfg.model, data.sample_shape, data.num_classes, sched.num_steps)
+        model = model.to(device)
     cpath = compute_path(cfg, device, data)
     if cpath.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -209,6 +216,8 @@ def build_run(cfg: RunConfig, *, resume: bool, log: Callable[[str], None]) -> Ru
         "ddpmkit_version": __version__,
         "precision": "bf16" if cpath.bf16 else "fp32",
     }
+    if text_meta is not None:
+        meta_base["text_encoder"] = text_meta
     return RunSetup(
         cfg, dist, data, sched, sched.to(device), model, _wrap(model, cfg, dist), ema, opt, gen,
         cpath, sync_free, Batcher(data, cfg, sched, dist), meta_base, step,
