@@ -4,8 +4,9 @@
 
 Every setting left out is the run's own (its ``[sample]`` section, the settings its training
 previews used); the first log line says which were used. Writes ``grid.png``,
-``images/sample_*.png`` and ``samples.npz`` (images uint8 (N, C, H, W) and labels) for image
-models, ``samples.png`` and ``samples.npz`` (points) for 2-D models.
+``images/sample_*.png`` and ``samples.npz`` (images uint8 (N, C, H, W) and labels; text models:
+also ``prompts``, one str per sample) for image models, ``samples.png`` and ``samples.npz``
+(points) for 2-D models.
 """
 
 from __future__ import annotations
@@ -73,12 +74,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="class to draw, index or name (repeatable; default: all classes in turn)",
     )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help='text models: prompt to draw (repeatable, used in turn); an empty prompt "" samples '
+        "the unconditional model; prompts longer than the encoder's limit are truncated "
+        "(one warning)",
+    )
     p.add_argument("--grid-by-class", action="store_true", help="one grid row per class")
+    p.add_argument(
+        "--grid-by-prompt", action="store_true", help="text models: one grid row per prompt"
+    )
     p.add_argument(
         "--num",
         type=int,
         default=None,
-        help="number of samples, per class with --grid-by-class (default: the run's)",
+        help="number of samples, per class (prompt) with --grid-by-class (--grid-by-prompt) "
+        "(default: the run's)",
     )
     p.add_argument(
         "--seed", type=int, default=0, help="sample i uses seed + i: same whatever --num"
@@ -109,6 +122,13 @@ def parse_timesteps(text: str | None) -> list[int] | None:
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[Path]:
     """Run ``ddpm sample`` for parsed arguments; returns the paths written."""
     model = load(Path(args.checkpoint), raw=args.raw)
+    if model.is_text:
+        return _run_text(model, args, log)
+    if args.prompt is not None or args.grid_by_prompt:
+        raise ValueError(
+            "--prompt/--grid-by-prompt: needs a text-conditioned model; this one is not "
+            + ("(use --label)" if model.num_classes else "(it is unconditional)")
+        )
     num = args.num if args.num is not None else _default_num(model, args.grid_by_class)
     if num < 1:
         raise ValueError(f"--num: must be >= 1, got {num}")
@@ -129,6 +149,69 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[Pa
     )
     assert isinstance(x, torch.Tensor)
     return _write(model, x, labels, nrow, args, Path(args.out))
+
+
+def _run_text(
+    model: TrainedModel, args: argparse.Namespace, log: Callable[[str], None]
+) -> list[Path]:
+    """``ddpm sample`` for a text model: ``--prompt`` in turn (default: the empty prompt)."""
+    if args.label is not None or args.grid_by_class:
+        raise ValueError(
+            "--label/--grid-by-class: this model is text-conditioned; use --prompt "
+            "(and --grid-by-prompt)"
+        )
+    prompts = list(args.prompt) if args.prompt else [""]
+    by_prompt = bool(args.grid_by_prompt)
+    default = int(model.config.sample.num)
+    num = (
+        args.num
+        if args.num is not None
+        else (max(1, default // len(prompts)) if by_prompt else default)
+    )
+    if num < 1:
+        raise ValueError(f"--num: must be >= 1, got {num}")
+    if by_prompt:
+        per_sample = [p for p in prompts for _ in range(num)]
+        n, nrow = num * len(prompts), num
+    else:
+        per_sample = [prompts[i % len(prompts)] for i in range(num)]
+        n, nrow = num, max(1, int(round(num**0.5)))
+    x = model.sample(
+        n,
+        prompts=per_sample,
+        sampler=args.sampler,
+        steps=args.steps,
+        spacing=args.spacing,
+        timesteps=parse_timesteps(args.timesteps),
+        guidance=args.guidance,
+        eta=args.eta,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        output="tensor",
+        log=log,
+    )
+    assert isinstance(x, torch.Tensor)
+    from ddpmkit.viz.grid import to_uint8
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    u8 = to_uint8(x)
+    grid = out / "grid.png"
+    upscale = max(1, 64 // model.sample_shape[1])
+    if by_prompt:
+        grid_with_row_labels(
+            u8, nrow, [p or "(empty prompt)" for p in prompts], grid, upscale=upscale
+        )
+    else:
+        save_grid(u8, grid, nrow, upscale=upscale)
+    save_images(u8, out / "images", prefix="sample_")
+    _save_npz(
+        out / "samples.npz",
+        images=u8.numpy(),
+        labels=np.full(n, -1, dtype=np.int64),
+        prompts=np.array(per_sample, dtype=str),
+    )
+    return [grid, out / "images", out / "samples.npz"]
 
 
 def _default_num(model: TrainedModel, grid_by_class: bool) -> int:

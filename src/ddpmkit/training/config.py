@@ -25,6 +25,7 @@ from ddpmkit.errors import ConfigError
 from ddpmkit.nn.unet import Conditioning
 from ddpmkit.sampling import Sampler, Spacing
 from ddpmkit.schedule import ScheduleName
+from ddpmkit.text.registry import TextEncoderName
 from ddpmkit.training.presets import preset_path
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "SampleConfig",
+    "TextConfig",
     "TrainConfig",
     "apply_overrides",
     "config_from_dict",
@@ -57,6 +59,9 @@ class ModelConfig:
     groups: int = 8  # GroupNorm groups
     patch_size: int = 1  # space-to-depth: the U-Net works on (C p^2, H/p, W/p); 1 = off
     checkpointing: bool = False  # U-Net activation checkpointing: less memory, ~30% more time
+    # text (captioned data): how the prompt enters ("add" pooled, "cross" tokens, "add+cross")
+    text_conditioning: Conditioning = "add+cross"
+    cross_attention_resolutions: tuple[int, ...] = ()  # () = the attention_resolutions
     # MLP
     hidden: int = 128
     depth: int = 3
@@ -84,6 +89,18 @@ class DataConfig:
     hflip: bool = False  # random horizontal flip (not for digits/text-like data)
     download: bool = False  # fetch canonical MNIST-like files into the cache if missing
     num_points: int = 10_000  # 2-D toys: size of the training set
+    # folder: images carry captions (name.txt sidecars or metadata.jsonl): a text-to-image run
+    captions: bool = False
+    max_items: int = 0  # keep the first N training items (0 = all); for quick runs and tests
+    scene_share: float = 0.5  # fashion_scenes: share of two-garment scenes (the rest singles)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """The frozen text encoder of a captioned run (ignored for data without captions)."""
+
+    encoder: TextEncoderName = "minilm"  # ddpmkit.text.TEXT_ENCODERS
+    max_length: int = 32  # tokens kept per prompt; longer prompts are truncated (one warning)
 
 
 @dataclass(frozen=True)
@@ -93,7 +110,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    lr_decay: Literal["none", "cosine"] = "none"  # cosine: to 0 at train.steps or at the time limit
+    lr_decay: Literal["none", "cosine"] = "none"  # cosine: to 0 at train.steps
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     grad_accum: int = 1  # micro-batches per optimizer step
     ema_decay: float = 0.999
@@ -141,6 +158,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -234,7 +252,7 @@ def _check_literals(section: Any, prefix: str) -> None:
 def validate_config(cfg: RunConfig) -> RunConfig:
     """Semantic checks beyond types (choices, ranges); raises ConfigError naming the key."""
     m, d, dt, tr, s = cfg.model, cfg.diffusion, cfg.data, cfg.train, cfg.sample
-    for prefix in ("model", "diffusion", "data", "train", "sample"):
+    for prefix in ("model", "diffusion", "data", "train", "sample", "text"):
         _check_literals(getattr(cfg, prefix), prefix)
     if m.checkpointing and m.kind != "unet":
         raise ConfigError(
@@ -310,9 +328,46 @@ def validate_config(cfg: RunConfig) -> RunConfig:
             )
     elif d.betas:
         raise ConfigError("diffusion.betas: only allowed with diffusion.schedule = 'custom'")
+    _check_text(cfg)
     if ".." in Path(cfg.name).parts or "/" in cfg.name or "\\" in cfg.name or not cfg.name:
         raise ConfigError(f"name: {cfg.name!r} must be a plain folder name (no '/' or '..')")
     return cfg
+
+
+CAPTIONED = ("fashion_captions", "fashion_scenes")  # the built-in captioned datasets
+
+
+def is_captioned(cfg: RunConfig) -> bool:
+    """True for a text-to-image run: captioned data (built-in or a folder with captions)."""
+    return cfg.data.name in CAPTIONED or (cfg.data.name == "folder" and cfg.data.captions)
+
+
+def _check_text(cfg: RunConfig) -> None:
+    dt = cfg.data
+    if dt.max_items < 0:
+        raise ConfigError(f"data.max_items: must be >= 0 (0 = all), got {dt.max_items}")
+    if not 0.0 <= dt.scene_share <= 1.0:
+        raise ConfigError(f"data.scene_share: must be in [0, 1], got {dt.scene_share}")
+    if cfg.text.max_length < 1:
+        raise ConfigError(f"text.max_length: must be >= 1, got {cfg.text.max_length}")
+    if dt.captions and dt.name != "folder":
+        raise ConfigError(
+            f"data.captions: only for data.name = 'folder' (got {dt.name!r}); the captioned "
+            f"built-in sets are {list(CAPTIONED)}"
+        )
+    if not is_captioned(cfg):
+        return
+    if dt.hflip:
+        raise ConfigError(
+            "data.hflip: a flip swaps left and right in captioned images (and their captions "
+            "no longer match); set data.hflip = false"
+        )
+    if cfg.model.kind != "unet":
+        raise ConfigError(f"model.kind: text conditioning needs the U-Net, got {cfg.model.kind!r}")
+    if not dt.conditional:
+        raise ConfigError(
+            "data.conditional: false would ignore the captions; drop it or use uncaptioned data"
+        )
 
 
 def _parse_toml(path: Path) -> dict[str, Any]:
