@@ -61,6 +61,8 @@ def evaluate(
     opts = options if options is not None else EvalOptions()
     opts.check()
     src = open_source(source, log)
+    if src.meta is not None and "text_encoder" in src.meta:
+        return _evaluate_text(src, opts, log)
     plan = make_plan(src, opts)
     notes = list(src.notes)
     report: dict[str, Any] = {
@@ -77,3 +79,29 @@ def evaluate(
     else:
         files = evaluate_images(src, opts, plan, report, notes, log)
     return report, files
+
+
+def _evaluate_text(
+    src: Any, opts: EvalOptions, log: Callable[[str], None]
+) -> tuple[dict[str, Any], list[Path]]:
+    """A text model: prompt adherence on held-out prompts (captioned Fashion-MNIST only)."""
+    from ddpmkit.errors import ConfigError
+    from ddpmkit.evaluation.prompts import ADHERENCE_DATASETS, evaluate_prompts
+    from ddpmkit.trained import load
+    from ddpmkit.version import __version__
+
+    name = src.meta.get("config", {}).get("data", {}).get("name")
+    if name not in ADHERENCE_DATASETS:
+        raise ConfigError(
+            f"{src.path}: a text model of {name!r}; prompt adherence needs a model of "
+            f"{' or '.join(ADHERENCE_DATASETS)} (its garments are classified)"
+        )
+    model = load(src.model_folder, raw=opts.raw)
+    report: dict[str, Any] = {
+        "ddpmkit_version": __version__,
+        "source": {"kind": src.kind, "path": str(src.path), "model_folder": str(src.model_folder)},
+        "dataset": name,
+    }
+    if "step" in src.meta:
+        report["source"]["step"] = int(src.meta["step"])
+    return report, evaluate_prompts(model, name, opts, report, log)
