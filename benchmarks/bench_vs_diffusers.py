@@ -10,7 +10,8 @@ Scenarios (each row = one model + one recipe; recipes in ``benchmarks/steps.py``
 
 * ``28`` (28x28x1, training batch 128, sampling batch 256): diffusers' ``UNet2DModel`` with
   block_out_channels (32, 64, 128), layers_per_block 1 (the smallest), attention blocks at the
-  7x7 level (2.73M parameters) trained as diffusers' unconditional example does (fp32). Ours,
+  7x7 level (2.73M parameters) trained as diffusers' unconditional example does (fp32), and
+  the same layout narrowed to widths (32, 64, 72) (1.27M, the preset's parameter count). Ours,
   with ddpmkit's training step (bf16 autocast where the CPU has native bf16, as
   ``train.precision = "auto"`` chooses): the fashion preset's space-to-depth U-Net (1.27M,
   0.58 GFLOP per training image) and the same at base 96 (2.84M, 4% more parameters than
@@ -89,6 +90,11 @@ FASHION_P2 = replace(
 EXTRAS = ("nchw", "fused", "foreach", "compile", "checkpointing")
 
 
+# diffusers' layout narrowed to the first "ours" row's parameter count; every row also gets
+# its paired ratio to it (``*_ratio_vs_equal_params``)
+EQUAL_PARAMS = "diffusers at the preset's parameter count fp32"
+
+
 def scenario_steps(
     scenario: str,
     extras: list[str],
@@ -112,6 +118,8 @@ def scenario_steps(
             "ours preset at base 40": replace(FASHION, base_channels=40),
         }
         dm = lambda: diffusers_unet(1, 28, (32, 64, 128), (False, False, True), 1)  # noqa: E731
+        # the same layout narrowed to the preset's parameter count (1,266,345 vs 1,268,036)
+        small = lambda: diffusers_unet(1, 28, (32, 64, 72), (False, False, True), 1)  # noqa: E731
         c, size = 1, 28
     elif scenario == "64":
         b, sb = batch or 32, sample_batch or 64
@@ -119,6 +127,7 @@ def scenario_steps(
         dm = lambda: diffusers_unet(  # noqa: E731
             3, 64, (32, 64, 64, 64), (False, False, True, False), 2, scale_shift=True
         )
+        small = None
         c, size = 3, 64
     else:
         raise SystemExit(f"unknown scenario {scenario!r}; expected 28 or 64")
@@ -151,6 +160,8 @@ def scenario_steps(
             steps[name].sample()
             compile_s[name] = time.perf_counter() - t0
     steps["diffusers fp32"] = theirs("diffusers fp32", dm(), c, size, batch=b, sample_batch=sb)
+    if small is not None:
+        steps[EQUAL_PARAMS] = theirs(EQUAL_PARAMS, small(), c, size, batch=b, sample_batch=sb)
     if bf16_rows:
         steps["diffusers bf16"] = theirs(
             "diffusers bf16", dm(), c, size, batch=b, sample_batch=sb, bf16=True
@@ -204,6 +215,12 @@ def run_scenario(scenario: str, args: argparse.Namespace, extras: list[str]) -> 
             k: statistics.median(a / b for a, b in zip(rr[k], base[k])) for k in ("train", "sample")
         }
         best = {k: max(rr[k]) for k in ("train", "sample")}
+        eq = rates.get(EQUAL_PARAMS)
+        vs_equal = {
+            f"{k}_ratio_vs_equal_params": statistics.median(a / b for a, b in zip(rr[k], eq[k]))
+            for k in ("train", "sample")
+            if eq is not None
+        }
         rows.append(
             {
                 "variant": name,
@@ -229,6 +246,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, extras: list[str]) -> 
                 "train_rounds": rates[name]["train"],
                 "sample_rounds": rates[name]["sample"],
                 "compile_s": compile_s.get(name),
+                **vs_equal,
             }
         )
     return {"scenario": scenario, "elapsed_s": elapsed, "rows": rows}
@@ -262,6 +280,14 @@ def print_table(res: dict[str, object], peaks: dict[str, float]) -> None:
             ]
             cells.append(f"{g / pk:4.0%} |" if k == "train" else "")
         print(" ".join(cells))
+    eq_rows = [r for r in rows if "train_ratio_vs_equal_params" in r]
+    if eq_rows:
+        print(f"paired ratio to {EQUAL_PARAMS!r} (train / sample):")
+        for r in eq_rows:
+            print(
+                f"  {r['variant']:40s} {r['train_ratio_vs_equal_params']:4.2f} / "
+                f"{r['sample_ratio_vs_equal_params']:4.2f}"
+            )
 
 
 def main() -> None:
