@@ -110,7 +110,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    lr_decay: Literal["none", "cosine"] = "none"  # cosine: to 0 at train.steps
+    lr_decay: Literal["none", "cosine"] = "none"  # cosine: to 0 at train.steps or at the time limit
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     grad_accum: int = 1  # micro-batches per optimizer step
     ema_decay: float = 0.999
