@@ -261,8 +261,12 @@ def test_registry_resizes_mnist_like_and_validates(tmp_path: Path) -> None:
     native = load_dataset("mnist", root=tmp_path, image_size=28)
     assert np.array_equal(native.images[:, 0].numpy(), images)
 
-    assert DATASETS == ("fashion_mnist", "mnist", "digits", "folder")
-    with pytest.raises(DatasetError, match="fashion_mnist, mnist, digits, folder"):
+    assert DATASETS == (
+        "fashion_mnist", "mnist", "digits", "folder", "fashion_captions", "fashion_scenes"
+    )  # fmt: skip
+    with pytest.raises(
+        DatasetError, match="fashion_mnist, mnist, digits, folder, fashion_captions"
+    ):
         load_dataset("cifar10")
     with pytest.raises(DatasetError, match="data.root"):
         load_dataset("folder", image_size=8)
