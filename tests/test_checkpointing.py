@@ -144,12 +144,12 @@ def test_state_dict_is_the_same() -> None:
 
 
 def test_config_switch_reaches_the_unet() -> None:
-    cfg = load_config("fashion_mnist", ["model.checkpointing=true"])
-    assert cfg.model.checkpointing is True
+    cfg = load_config("fashion_mnist", ["model.unet.checkpointing=true"])
+    assert cfg.model.unet.checkpointing is True
     model = build_model(cfg.model, (1, 28, 28), 10, cfg.diffusion.num_steps)
     assert isinstance(model, UNet) and model.checkpointing
-    assert not load_config("fashion_mnist").model.checkpointing
-    with pytest.raises(ConfigError, match="model.checkpointing: expected true or false"):
-        load_config("fashion_mnist", ['model.checkpointing="yes"'])
-    with pytest.raises(ConfigError, match="model.checkpointing: only the U-Net"):
-        load_config("moons", ["model.checkpointing=true"])
+    assert not load_config("fashion_mnist").model.unet.checkpointing
+    with pytest.raises(ConfigError, match="model.unet.checkpointing: expected true or false"):
+        load_config("fashion_mnist", ['model.unet.checkpointing="yes"'])
+    with pytest.raises(ConfigError, match="model.unet.checkpointing: only the U-Net"):
+        load_config("moons", ["model.unet.checkpointing=true"])

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from ddpmkit.training.config import (
     ConfigError,
+    MLPSection,
     RunConfig,
+    UNetSection,
     apply_overrides,
     config_from_dict,
     load_config,
@@ -27,7 +29,17 @@ SECTIONS = {
     if f.name in ("model", "diffusion", "data", "train", "sample")
 }
 HINTS = {sec: typing.get_type_hints(typing.get_type_hints(RunConfig)[sec]) for sec in SECTIONS}
+HINTS["model.unet"] = typing.get_type_hints(UNetSection)  # [model.unet], [model.mlp]
+HINTS["model.mlp"] = typing.get_type_hints(MLPSection)
 KEYS = [(sec, k) for sec, hints in HINTS.items() for k in hints]
+
+
+def nest(sec: str, name: str, value: object) -> dict[str, object]:
+    """{"model.unet", "x", v} -> {"model": {"unet": {"x": v}}}."""
+    out: dict[str, object] = {name: value}
+    for part in reversed(sec.split(".")):
+        out = {part: out}
+    return out
 
 
 def wrong_value(tp: object) -> st.SearchStrategy[object]:
@@ -52,7 +64,7 @@ def test_wrong_types_name_the_key(key: tuple[str, str], data: st.DataObject) -> 
     sec, name = key
     value = data.draw(wrong_value(HINTS[sec][name]))
     with pytest.raises(ConfigError) as e:
-        validate_config(config_from_dict(RunConfig, {sec: {name: value}}))
+        validate_config(config_from_dict(RunConfig, nest(sec, name, value)))
     msg = str(e.value)
     assert f"{sec}.{name}" in msg and "\n" not in msg
 
@@ -60,8 +72,10 @@ def test_wrong_types_name_the_key(key: tuple[str, str], data: st.DataObject) -> 
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(sorted(SECTIONS)), st.text(min_size=1, max_size=12))
 def test_unknown_keys_are_rejected(sec: str, name: str) -> None:
-    if name in HINTS[sec]:
-        return
+    if name in HINTS[sec] or (
+        sec == "model" and name in {*HINTS["model.unet"], *HINTS["model.mlp"]}
+    ):
+        return  # flat U-Net/MLP keys under [model] are read into their section
     with pytest.raises(ConfigError, match="unknown key"):
         config_from_dict(RunConfig, {sec: {name: 1}})
 
@@ -70,7 +84,8 @@ NUMERIC_LIMITS = [
     ("train", "steps", 0), ("train", "batch_size", -3), ("train", "lr", 0.0),
     ("train", "lr", float("nan")), ("train", "ema_decay", 1.0), ("train", "cfg_dropout", -0.1),
     ("train", "grad_accum", 0), ("diffusion", "num_steps", 0), ("diffusion", "min_snr_gamma", -1.0),
-    ("model", "dropout", 1.0), ("model", "base_channels", 0), ("data", "channels", 2),
+    ("model.unet", "dropout", 1.0), ("model.unet", "base_channels", 0), ("data", "channels", 2),
+    ("model.mlp", "depth", 0),
     ("sample", "steps", 0), ("sample", "num", 0),
 ]  # fmt: skip
 
@@ -78,7 +93,7 @@ NUMERIC_LIMITS = [
 @pytest.mark.parametrize("sec, name, value", NUMERIC_LIMITS)
 def test_out_of_range_values_name_the_key(sec: str, name: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"{sec}\.{name}"):
-        validate_config(config_from_dict(RunConfig, {sec: {name: value}}))
+        validate_config(config_from_dict(RunConfig, nest(sec, name, value)))
 
 
 @settings(max_examples=100, deadline=None)
@@ -109,3 +124,19 @@ def test_overrides_and_paths(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text('name = "x"\n[train]\nsteps = 3\n')
     assert load_config(p).run_dir == Path("runs") / "x"
+
+
+def test_model_settings_live_in_their_section_and_flat_keys_still_load() -> None:
+    """[model.unet] / [model.mlp] hold the networks' settings; the flat keys of saved runs and
+    older --set overrides (model.base_channels=16) are read into the right section."""
+    cfg = load_config("fashion_mnist")
+    assert cfg.model.kind == "unet" and cfg.model.unet.patch_size == 2
+    flat = load_config("fashion_mnist", ["model.base_channels=16", "model.depth=2"])
+    nested = load_config("fashion_mnist", ["model.unet.base_channels=16", "model.mlp.depth=2"])
+    assert flat == nested and flat.model.unet.base_channels == 16 and flat.model.mlp.depth == 2
+    assert flat.model.unet.channel_mults == cfg.model.unet.channel_mults  # the rest kept
+    saved = cfg.to_dict()
+    legacy = {**saved, "model": {"kind": "unet", **saved["model"]["unet"]}}  # an old config.json
+    assert validate_config(config_from_dict(RunConfig, legacy)) == cfg
+    with pytest.raises(ConfigError, match="model.unet: expected a table"):
+        config_from_dict(RunConfig, {"model": {"unet": 3}})

@@ -34,13 +34,15 @@ REGISTRIES = [
     ("sample", "sampler", tuple(SAMPLERS)),
     ("sample", "spacing", tuple(SPACINGS)),
     ("diffusion", "prediction", tuple(PREDICTIONS)),
-    ("model", "conditioning", tuple(CONDITIONINGS)),
+    ("model.unet", "conditioning", tuple(CONDITIONINGS)),
     ("diffusion", "schedule", (*SCHEDULES, "custom")),
     ("data", "name", (*DATASETS, *TOY_NAMES)),
 ]
 
 
 def _config(sec: str, key: str, value: str) -> RunConfig:
+    if sec == "model.unet":
+        return validate_config(config_from_dict(RunConfig, {"model": {"unet": {key: value}}}))
     data: dict[str, dict[str, object]] = {sec: {key: value}}
     if (sec, key) == ("diffusion", "schedule") and value == "custom":
         data["diffusion"].update(num_steps=4, betas=[0.1, 0.2, 0.3, 0.4])
@@ -54,7 +56,10 @@ def test_config_accepts_every_registry_name_and_names_them_for_an_unknown_one(
 ) -> None:
     assert names, "an empty registry"
     for name in names:
-        assert getattr(getattr(_config(sec, key, name), sec), key) == name
+        section: object = _config(sec, key, name)
+        for part in sec.split("."):
+            section = getattr(section, part)
+        assert getattr(section, key) == name
     with pytest.raises(ConfigError) as e:
         _config(sec, key, "no_such_name")
     msg = str(e.value)

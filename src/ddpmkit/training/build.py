@@ -6,6 +6,7 @@ object is built by one function that reads the config section it needs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,8 +217,8 @@ def build_model(
         from ddpmkit.nn.mlp import SinusoidalMLP, StepEmbedMLP
 
         if cfg.kind == "mlp_step":
-            return StepEmbedMLP(num_steps, sample_shape[0], cfg.hidden, cfg.depth)
-        return SinusoidalMLP(sample_shape[0], cfg.hidden, cfg.depth)
+            return StepEmbedMLP(num_steps, sample_shape[0], cfg.mlp.hidden, cfg.mlp.depth)
+        return SinusoidalMLP(sample_shape[0], cfg.mlp.hidden, cfg.mlp.depth)
     if len(sample_shape) != 3:
         raise ConfigError(
             f"model.kind: 'unet' needs image data (C, H, W), but the data has shape "
@@ -226,27 +227,20 @@ def build_model(
     from ddpmkit.nn.unet import UNet, UNetConfig
 
     c, h, w = sample_shape
+    # [model.unet] holds UNetConfig's own fields; the data gives channels, size and classes
+    section = dataclasses.asdict(cfg.unet)
+    checkpointing = section.pop("checkpointing")
+    cross = tuple(section.pop("cross_attention_resolutions")) or None
     ucfg = UNetConfig(
+        **section,
         in_channels=c,
         image_size=(h, w),
-        base_channels=cfg.base_channels,
-        channel_mults=tuple(cfg.channel_mults),
-        num_res_blocks=cfg.num_res_blocks,
-        attention_resolutions=tuple(cfg.attention_resolutions),
-        num_heads=cfg.num_heads,
-        dropout=cfg.dropout,
         num_classes=num_classes,
-        conditioning=cfg.conditioning,
-        num_cond_tokens=cfg.num_cond_tokens,
-        scale_shift=cfg.scale_shift,
-        groups=cfg.groups,
-        patch_size=cfg.patch_size,
         text_dim=text_dim,
-        text_conditioning=cfg.text_conditioning,
-        cross_attention_resolutions=tuple(cfg.cross_attention_resolutions) or None,
+        cross_attention_resolutions=cross,
     )
     try:
-        return UNet(ucfg, checkpointing=cfg.checkpointing)
+        return UNet(ucfg, checkpointing=checkpointing)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
 

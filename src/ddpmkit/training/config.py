@@ -32,8 +32,10 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DiffusionConfig",
+    "MLPSection",
     "ModelConfig",
     "RunConfig",
+    "UNetSection",
     "SampleConfig",
     "TextConfig",
     "TrainConfig",
@@ -44,9 +46,9 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    kind: Literal["unet", "mlp", "mlp_step"] = "unet"  # images | 2-D, sinusoidal time | seed 002
-    # U-Net
+class UNetSection:
+    """``[model.unet]``: the U-Net's settings (the data gives channels, size and classes)."""
+
     base_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
@@ -62,9 +64,47 @@ class ModelConfig:
     # text (captioned data): how the prompt enters ("add" pooled, "cross" tokens, "add+cross")
     text_conditioning: Conditioning = "add+cross"
     cross_attention_resolutions: tuple[int, ...] = ()  # () = the attention_resolutions
-    # MLP
+
+
+@dataclass(frozen=True)
+class MLPSection:
+    """``[model.mlp]``: the 2-D toys' MLP."""
+
     hidden: int = 128
     depth: int = 3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: which network, and its own section's settings.
+
+    Settings written flat under ``[model]`` (``model.base_channels = 32``, as saved runs and
+    ``--set`` overrides from before the sections have them) are read into their section.
+    """
+
+    kind: Literal["unet", "mlp", "mlp_step"] = "unet"  # images | 2-D, sinusoidal time | seed 002
+    unet: UNetSection = field(default_factory=UNetSection)
+    mlp: MLPSection = field(default_factory=MLPSection)
+
+
+_SECTION_KEYS = {
+    "unet": {f.name for f in fields(UNetSection)},
+    "mlp": {f.name for f in fields(MLPSection)},
+}
+
+
+def _nest_flat_model_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``[model]`` with flat U-Net/MLP keys moved into ``unet``/``mlp`` (a flat key wins over
+    the same key in its section: it is the later override)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, keys in _SECTION_KEYS.items():
+        flat = {k: out.pop(k) for k in list(out) if k in keys}
+        if flat:
+            inner = out.get(section, {})
+            if not isinstance(inner, dict):
+                raise ConfigError(f"model.{section}: expected a table, got {inner!r}")
+            out[section] = {**inner, **flat}
+    return out
 
 
 @dataclass(frozen=True)
@@ -220,7 +260,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a table, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {data!r}")
+    if cls is ModelConfig:
+        data = _nest_flat_model_keys(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -254,10 +296,12 @@ def validate_config(cfg: RunConfig) -> RunConfig:
     m, d, dt, tr, s = cfg.model, cfg.diffusion, cfg.data, cfg.train, cfg.sample
     for prefix in ("model", "diffusion", "data", "train", "sample", "text"):
         _check_literals(getattr(cfg, prefix), prefix)
-    if m.checkpointing and m.kind != "unet":
+    u, mlp = m.unet, m.mlp
+    _check_literals(u, "model.unet")
+    if u.checkpointing and m.kind != "unet":
         raise ConfigError(
-            f"model.checkpointing: only the U-Net supports activation checkpointing, but "
-            f"model.kind = {m.kind!r}; set model.checkpointing = false"
+            f"model.unet.checkpointing: only the U-Net supports activation checkpointing, but "
+            f"model.kind = {m.kind!r}; set model.unet.checkpointing = false"
         )
     positive: dict[str, float] = {
         "diffusion.num_steps": d.num_steps,
@@ -270,14 +314,14 @@ def validate_config(cfg: RunConfig) -> RunConfig:
         "train.max_bad_steps": tr.max_bad_steps,
         "sample.steps": s.steps,
         "sample.num": s.num,
-        "model.base_channels": m.base_channels,
-        "model.num_res_blocks": m.num_res_blocks,
-        "model.num_heads": m.num_heads,
-        "model.hidden": m.hidden,
-        "model.depth": m.depth,
-        "model.groups": m.groups,
-        "model.patch_size": m.patch_size,
-        "model.num_cond_tokens": m.num_cond_tokens,
+        "model.unet.base_channels": u.base_channels,
+        "model.unet.num_res_blocks": u.num_res_blocks,
+        "model.unet.num_heads": u.num_heads,
+        "model.mlp.hidden": mlp.hidden,
+        "model.mlp.depth": mlp.depth,
+        "model.unet.groups": u.groups,
+        "model.unet.patch_size": u.patch_size,
+        "model.unet.num_cond_tokens": u.num_cond_tokens,
         "data.num_points": dt.num_points,
     }
     for key, v in positive.items():
@@ -294,7 +338,7 @@ def validate_config(cfg: RunConfig) -> RunConfig:
         "train.preview_every_min": tr.preview_every_min,
         "train.time_limit_min": tr.time_limit_min,
         "diffusion.min_snr_gamma": d.min_snr_gamma,
-        "model.dropout": m.dropout,
+        "model.unet.dropout": u.dropout,
         "data.channels": dt.channels,
     }
     for key, v in nonneg.items():
@@ -304,8 +348,8 @@ def validate_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {tr.ema_decay}")
     if not 0.0 <= tr.cfg_dropout < 1.0:
         raise ConfigError(f"train.cfg_dropout: must be in [0, 1), got {tr.cfg_dropout}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if not 0.0 <= u.dropout < 1.0:
+        raise ConfigError(f"model.unet.dropout: must be in [0, 1), got {u.dropout}")
     if tr.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {tr.lr}")
     if s.steps > d.num_steps:
