@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,21 +134,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[Pa
     if num < 1:
         raise ValueError(f"--num: must be >= 1, got {num}")
     labels, nrow, n = _labels(model, args.label, num, args.grid_by_class)
-    x = model.sample(
-        n,
-        labels=labels,
-        sampler=args.sampler,
-        steps=args.steps,
-        spacing=args.spacing,
-        timesteps=parse_timesteps(args.timesteps),
-        guidance=args.guidance,
-        eta=args.eta,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        output="tensor",
-        log=log,
-    )
-    assert isinstance(x, torch.Tensor)
+    x = _sample(model, args, n, log, labels=labels)
     return _write(model, x, labels, nrow, args, Path(args.out))
 
 
@@ -176,21 +163,7 @@ def _run_text(
     else:
         per_sample = [prompts[i % len(prompts)] for i in range(num)]
         n, nrow = num, max(1, int(round(num**0.5)))
-    x = model.sample(
-        n,
-        prompts=per_sample,
-        sampler=args.sampler,
-        steps=args.steps,
-        spacing=args.spacing,
-        timesteps=parse_timesteps(args.timesteps),
-        guidance=args.guidance,
-        eta=args.eta,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        output="tensor",
-        log=log,
-    )
-    assert isinstance(x, torch.Tensor)
+    x = _sample(model, args, n, log, prompts=per_sample)
     from ddpmkit.viz.grid import to_uint8
 
     out = Path(args.out)
@@ -212,6 +185,33 @@ def _run_text(
         prompts=np.array(per_sample, dtype=str),
     )
     return [grid, out / "images", out / "samples.npz"]
+
+
+def _sample(
+    model: TrainedModel,
+    args: argparse.Namespace,
+    n: int,
+    log: Callable[[str], None],
+    **condition: Any,
+) -> torch.Tensor:
+    """``n`` samples with the flags' settings (None = the run's own); ``condition`` is
+    ``labels=`` or ``prompts=``."""
+    x = model.sample(
+        n,
+        **condition,
+        sampler=args.sampler,
+        steps=args.steps,
+        spacing=args.spacing,
+        timesteps=parse_timesteps(args.timesteps),
+        guidance=args.guidance,
+        eta=args.eta,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        output="tensor",
+        log=log,
+    )
+    assert isinstance(x, torch.Tensor)
+    return x
 
 
 def _default_num(model: TrainedModel, grid_by_class: bool) -> int:

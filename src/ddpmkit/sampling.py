@@ -49,6 +49,7 @@ from ddpmkit.sampling_core import (
     _abar,
     _check_x,
     _guided_eps_x0,
+    _lam,
     _per_sample_generators,
     _randn,
     initial_noise,
@@ -238,10 +239,6 @@ def dpm_solver_pp_sample(
     ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
     x = x_T.float()
 
-    def lam(t: int) -> float:
-        ab = _abar(schedule, t)
-        return 0.5 * math.log(ab / (1 - ab))
-
     # Index of the step into the last timestep, taken first order below 15 steps (-1: none).
     lower_order_step = len(ts) - 2 if len(ts) < 15 else -1
     x0_prev: Tensor | None = None
@@ -256,7 +253,7 @@ def dpm_solver_pp_sample(
         else:
             ab_t, ab_s = _abar(schedule, t), _abar(schedule, s)
             sig_t, sig_s, a_s = math.sqrt(1 - ab_t), math.sqrt(1 - ab_s), math.sqrt(ab_s)
-            h = lam(s) - lam(t)
+            h = _lam(schedule, s) - _lam(schedule, t)
             if x0_prev is None or i == lower_order_step:
                 d = x0
             else:

@@ -224,6 +224,12 @@ def _abar(schedule: NoiseSchedule, t: int) -> float:
     return 1.0 if t < 0 else float(schedule.alphas_bar[t])
 
 
+def _lam(schedule: NoiseSchedule, t: int) -> float:
+    """lambda_t = log(alpha_t / sigma_t) = log(abar_t / (1 - abar_t)) / 2 (half log-SNR)."""
+    ab = _abar(schedule, t)
+    return 0.5 * math.log(ab / (1 - ab))
+
+
 def _check_x(x_T: Tensor, y: Tensor | None) -> None:
     if y is not None and (y.ndim != 1 or y.shape[0] != x_T.shape[0]):
         raise ValueError(f"y must have shape ({x_T.shape[0]},), got {tuple(y.shape)}")

@@ -26,6 +26,7 @@ from ddpmkit.sampling_core import (
     _abar,
     _check_x,
     _guided_eps_x0,
+    _lam,
     _per_sample_generators,
     _randn,
     sampling_timesteps,
@@ -33,11 +34,6 @@ from ddpmkit.sampling_core import (
 from ddpmkit.schedule import NoiseSchedule
 
 __all__ = ["dpm_solver_pp_3m_sample", "heun_sample", "unipc_sample"]
-
-
-def _lam(schedule: NoiseSchedule, t: int) -> float:
-    ab = _abar(schedule, t)
-    return 0.5 * math.log(ab / (1 - ab))
 
 
 def _x0(
