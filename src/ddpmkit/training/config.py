@@ -157,6 +157,9 @@ class TrainConfig:
     # EMA updates of warm-up: update n (from 0) uses decay ema_decay * min(1, n / ema_warmup),
     # a linear ramp from 0 (training/ema.py); 0 = ema_decay from the first update
     ema_warmup: int = 100
+    # extra power-function EMAs (EDM2), one per relative length sigma_rel in (0, 0.2887), kept
+    # beside the EMA above and written to <run>/model_ema/sigma_rel_X/ (training/power_ema.py)
+    ema_sigma_rels: tuple[float, ...] = ()
     cfg_dropout: float = 0.1  # probability of replacing a label by the null class
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast
@@ -346,6 +349,11 @@ def validate_config(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{key}: must be >= 0, got {v}")
     if not 0.0 <= tr.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {tr.ema_decay}")
+    for sr in tr.ema_sigma_rels:
+        if not 0.0 < sr < 0.2887:
+            raise ConfigError(f"train.ema_sigma_rels: each must be in (0, 0.2887), got {sr}")
+    if len(set(tr.ema_sigma_rels)) != len(tr.ema_sigma_rels):
+        raise ConfigError(f"train.ema_sigma_rels: values repeat: {tr.ema_sigma_rels}")
     if not 0.0 <= tr.cfg_dropout < 1.0:
         raise ConfigError(f"train.cfg_dropout: must be in [0, 1), got {tr.cfg_dropout}")
     if not 0.0 <= u.dropout < 1.0:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from ddpmkit.training.callbacks import Callback, MetricsLogging, ProgressBar
 from ddpmkit.training.checkpointing import PeriodicCheckpoint
 from ddpmkit.training.config import RunConfig
+from ddpmkit.training.power_ema import PowerEMAs
 from ddpmkit.training.setup import build_run
 from ddpmkit.training.setup import preflight as _preflight  # noqa: F401  (its old home)
 from ddpmkit.training.stopping import TrainingError, default_stop_rules
@@ -35,9 +36,10 @@ def default_callbacks(
 ) -> list[Callback]:
     """What ``train`` does besides stepping, in this order: the progress bar (if
     ``progress``), metrics.jsonl/TensorBoard, ``previews`` (callbacks from a higher layer,
-    e.g. :class:`ddpmkit.previews.PreviewCallback`), periodic checkpoints."""
+    e.g. :class:`ddpmkit.previews.PreviewCallback`), periodic checkpoints, the power-function
+    EMAs of ``train.ema_sigma_rels`` (none by default)."""
     out: list[Callback] = [ProgressBar()] if progress else []
-    return [*out, MetricsLogging(), *previews, PeriodicCheckpoint()]
+    return [*out, MetricsLogging(), *previews, PeriodicCheckpoint(), PowerEMAs()]
 
 
 def train(

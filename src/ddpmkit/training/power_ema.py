@@ -1,0 +1,164 @@
+"""Power-function EMAs (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of
+Diffusion Models", EDM2, Sec. 3): averages whose length is a fixed share of the run so far.
+
+A classic EMA with decay d averages the last ~1/(1 - d) steps whatever the run's length: too
+long early, too short late, and its best d depends on how many steps a time limit will allow,
+which nobody knows in advance. The power-function EMA weights step i's weights by i^gamma over
+the whole run, so the averaging window grows with the run. Its update, with t = 1, 2, ... the
+number of the update, is
+
+    ema_t = beta_t ema_{t-1} + (1 - beta_t) w_t,        beta_t = (1 - 1/t)^(gamma + 1)   (EDM2 eq. 2)
+
+(beta_1 = 0: the first update copies the weights). Its length is given as sigma_rel, the
+standard deviation of the weight profile p(s) proportional to s^gamma on [0, t], relative to t:
+
+    sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))                       (EDM2 eq. 3)
+
+:class:`PowerEMAs` is a trainer callback that keeps one such average per ``train.ema_sigma_rels``
+value beside the run's classic EMA, and writes each as a standalone model folder
+``<run>/model_ema/sigma_rel_0.100/`` (``ddpmkit.load`` and ``ddpm eval`` read it), at every
+checkpoint and at the end. Which length is best is then measured on the trained run (post-hoc
+selection, as EDM2 does) instead of guessed before it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from ddpmkit.errors import CheckpointError
+from ddpmkit.training import checkpoint as ckpt
+from ddpmkit.training.build import load_weights
+from ddpmkit.training.callbacks import Callback
+
+if TYPE_CHECKING:
+    from ddpmkit.training.trainer import Trainer
+
+__all__ = ["PowerEMA", "PowerEMAs", "gamma_from_sigma_rel", "power_ema_dir", "sigma_rel_of_gamma"]
+
+
+def sigma_rel_of_gamma(gamma: float) -> float:
+    """EDM2 eq. 3: the relative std of the profile s^gamma on [0, 1]."""
+    return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
+
+
+def gamma_from_sigma_rel(sigma_rel: float) -> float:
+    """The exponent gamma >= 0 with :func:`sigma_rel_of_gamma` (gamma) = sigma_rel.
+
+    On gamma >= 0, sigma_rel falls monotonically from 1/sqrt(12) = 0.2887 (gamma = 0: a uniform
+    average of the whole run) towards 0, so bisection (on log(1 + gamma)) finds the one root.
+    """
+    top = sigma_rel_of_gamma(0.0)
+    if not 0.0 < sigma_rel < top:
+        raise ValueError(f"sigma_rel must be in (0, {top:.4f}), got {sigma_rel}")
+    lo, hi = 0.0, math.log1p(1e9)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if sigma_rel_of_gamma(math.expm1(mid)) > sigma_rel:
+            lo = mid
+        else:
+            hi = mid
+    return math.expm1(0.5 * (lo + hi))
+
+
+def power_ema_dir(run_dir: Path, sigma_rel: float) -> Path:
+    """Where the average of length ``sigma_rel`` is written: ``<run>/model_ema/sigma_rel_X``."""
+    return Path(run_dir) / "model_ema" / f"sigma_rel_{sigma_rel:.3f}"
+
+
+class PowerEMA:
+    """One power-function average of a network's floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, sigma_rel: float):
+        self.sigma_rel = sigma_rel
+        self.gamma = gamma_from_sigma_rel(sigma_rel)
+        self.num_updates = 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def beta(self, t: int) -> float:
+        """EDM2 eq. 2: the decay of update number t (1-based)."""
+        return (1.0 - 1.0 / t) ** (self.gamma + 1.0)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        b = self.beta(self.num_updates + 1)
+        ema: list[Tensor] = list(self.model.parameters())
+        cur: list[Tensor] = [p.detach() for p in model.parameters()]
+        for b_ema, b_cur in zip(self.model.buffers(), model.buffers(), strict=True):
+            if b_ema.is_floating_point():
+                ema.append(b_ema)
+                cur.append(b_cur.detach())
+            else:
+                b_ema.copy_(b_cur)
+        torch._foreach_lerp_(ema, cur, 1.0 - b)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+
+class PowerEMAs(Callback):
+    """Keeps a :class:`PowerEMA` per ``train.ema_sigma_rels`` and writes each as a model folder.
+
+    On resume each average continues from its folder when that folder was written at the step the
+    run resumes from (it is written with every checkpoint); otherwise it restarts from the
+    current weights, and the log says so. Every rank updates (cheap: one lerp per tensor), rank
+    0 writes.
+    """
+
+    def __init__(self) -> None:
+        self.emas: list[PowerEMA] = []
+
+    def on_start(self, trainer: Trainer) -> None:
+        run, step = trainer.run, trainer.state.step
+        for s in trainer.cfg.train.ema_sigma_rels:
+            ema = PowerEMA(run.model, float(s))
+            folder = power_ema_dir(run.run_dir, ema.sigma_rel)
+            if step > 0:
+                saved = _read_saved(folder, step)
+                if saved is not None:
+                    load_weights(ema.model, saved, str(folder / "model.safetensors"))
+                    ema.num_updates = step
+                else:
+                    trainer.log(
+                        f"power EMA sigma_rel {ema.sigma_rel:g}: no average saved at step {step}; "
+                        "it restarts from the current weights"
+                    )
+            self.emas.append(ema)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        for ema in self.emas:
+            ema.update(trainer.run.model)
+
+    def on_checkpoint(self, trainer: Trainer, step: int) -> None:
+        self._write(trainer, step)
+
+    def on_end(self, trainer: Trainer) -> None:
+        self._write(trainer, trainer.state.step)
+
+    def _write(self, trainer: Trainer, step: int) -> None:
+        run = trainer.run
+        if not run.dist.is_main:
+            return
+        for ema in self.emas:
+            meta = {**run.meta_base, "step": step, "ema": f"power, sigma_rel {ema.sigma_rel:g}"}
+            ckpt.save_model_export(power_ema_dir(run.run_dir, ema.sigma_rel), ema.state_dict(), meta)
+
+
+def _read_saved(folder: Path, step: int) -> dict[str, Tensor] | None:
+    """The weights of the model folder when it was written at ``step``, else None (missing,
+    from another step, or unreadable: the average then restarts, losing nothing else)."""
+    try:
+        meta, _ = ckpt.resolve_model_path(folder)
+        if meta.get("step") != step:
+            return None
+        return ckpt._read_tensors(folder / "model.safetensors", meta.get("sha256", {}).get("model"))
+    except (CheckpointError, OSError, ValueError):
+        return None
