@@ -24,6 +24,7 @@ __all__ = [
     "NULL_LABEL",
     "SPACINGS",
     "Callback",
+    "Guidance",
     "Spacing",
     "StepInfo",
     "initial_noise",
@@ -188,18 +189,51 @@ def _randn(
     return torch.randn(shape, generator=generator).to(device)
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance scale w, applied only where sigma_t lies in (sigma_lo, sigma_hi].
+
+    sigma_t = sqrt((1 - abar_t) / abar_t) is the EDM noise level of timestep t. Outside the
+    interval the conditional output is used alone (w = 1), which also saves the unconditional
+    half of the model call. Kynkaanniemi et al. 2024 ("Applying guidance in a limited interval
+    improves sample and distribution quality in diffusion models"): guidance at high noise
+    levels pulls samples towards a few class prototypes (lower recall, worse FD), at low noise
+    levels it changes little; they guide in the middle. ``Guidance(w)`` guides at every step.
+    Every sampler's ``guidance_scale`` takes a float or a ``Guidance``.
+    """
+
+    scale: float
+    sigma_lo: float = 0.0
+    sigma_hi: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sigma_lo < self.sigma_hi:
+            raise ValueError(
+                f"guidance interval: need 0 <= sigma_lo < sigma_hi, got "
+                f"({self.sigma_lo:g}, {self.sigma_hi:g}]"
+            )
+
+    def at(self, schedule: NoiseSchedule, t: int) -> float:
+        """The scale used at timestep t: w inside (sigma_lo, sigma_hi], else 1."""
+        ab = _abar(schedule, t)
+        sigma = math.sqrt((1.0 - ab) / ab) if ab > 0 else math.inf
+        return self.scale if self.sigma_lo < sigma <= self.sigma_hi else 1.0
+
+
 def _guided_eps_x0(
     model: Callable[..., Tensor],
     schedule: NoiseSchedule,
     x: Tensor,
     t: int,
     y: Tensor | None,
-    guidance_scale: float,
+    guidance_scale: float | Guidance,
     prediction: str,
 ) -> tuple[Tensor, Tensor]:
     """Model call at timestep t -> (eps, x0), with classifier-free guidance when y is given."""
     b = x.shape[0]
     tt = torch.full((b,), t, dtype=torch.long, device=x.device)
+    if isinstance(guidance_scale, Guidance):
+        guidance_scale = guidance_scale.at(schedule, t)
     if y is None:
         out = model(x, tt).float()
     elif guidance_scale == 1.0:
