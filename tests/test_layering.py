@@ -19,6 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ddpmkit"
 # unit -> layer (ARCHITECTURE.md, "Module map and dependency rule")
 LAYERS: dict[str, int] = {
     "errors": 0,
+    "gaussians": 0,
     "io": 0,
     "schedule": 0,
     "version": 0,

@@ -4,11 +4,19 @@ Pure functions of a :class:`~ddpmkit.schedule.NoiseSchedule` and tensors; random
 arguments (a ``noise`` tensor or a ``torch.Generator``). Index ``t`` in ``[0, T)``; see
 ``ddpmkit.schedule`` for the convention.
 
-Equations cite Ho et al. 2020 ("DDPM"), Salimans & Ho 2022 ("v"), Hang et al. 2023 ("min-SNR").
+Equations cite Ho et al. 2020 ("DDPM"), Salimans & Ho 2022 ("v"), Hang et al. 2023 ("min-SNR"),
+Nichol & Dhariwal 2021 ("improved DDPM": learned variances and the hybrid loss).
+
+Learned variances (``learn_sigma``): the network returns twice the input's channels (dim 1),
+``[prediction; v]``; the reverse variance is interpolated in log space between beta_t and
+beta~_t by frac = (v + 1) / 2 (:func:`interpolated_log_variance`, improved DDPM Eq. 15), and
+trained by the VLB term of the hybrid loss L_simple + lambda L_vlb (Eq. 16) through a
+stop-gradient on the mean (:func:`vlb_term_bits`, :func:`diffusion_loss_per_sample`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal, get_args
 
@@ -16,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ddpmkit.gaussians import discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
 from ddpmkit.schedule import NoiseSchedule, expand_like
 
 __all__ = [
@@ -24,12 +33,16 @@ __all__ = [
     "diffusion_loss_per_sample",
     "eps_from_v",
     "eps_from_x0",
+    "interpolated_log_variance",
+    "learned_log_variance",
     "loss_weights",
     "model_output_to_eps_x0",
     "q_posterior",
     "q_sample",
     "sample_timesteps",
+    "split_variance_output",
     "v_from_eps",
+    "vlb_term_bits",
     "x0_from_eps",
     "x0_from_v",
 ]
@@ -37,6 +50,9 @@ __all__ = [
 # the model-output parameterisations: the one list (config, CLI and samplers import it)
 Prediction = Literal["eps", "x0", "v"]
 PREDICTIONS: tuple[Prediction, ...] = get_args(Prediction)
+# the decoder term -log p(x_0 | x_{t=0}) of the bound: 256-level images or continuous data
+Decoder = Literal["discretized", "continuous"]
+DEFAULT_VLB_WEIGHT = 0.001  # lambda of the hybrid loss (improved DDPM, Sec. 3.1)
 
 
 def _gather(values: Tensor, t: Tensor, x: Tensor) -> Tensor:
@@ -126,6 +142,78 @@ def model_output_to_eps_x0(
     raise ValueError(f"unknown prediction {prediction!r}; expected one of {list(PREDICTIONS)}")
 
 
+def split_variance_output(out: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """A network output as (prediction, v): v is None when ``out`` has x's shape; an output with
+    twice x's channels (dim 1; the rest as x) is a learned-variance model's [prediction; v].
+
+    Raises ValueError for any other shape (the model contract of ARCHITECTURE.md).
+    """
+    if out.shape == x.shape:
+        return out, None
+    if out.ndim == x.ndim >= 2 and out.shape[1] == 2 * x.shape[1] and out.shape[2:] == x.shape[2:]:
+        pred, v = out.chunk(2, dim=1)
+        return pred, v
+    raise ValueError(
+        f"model output has shape {tuple(out.shape)} but the input has shape {tuple(x.shape)}; "
+        "the network must return one value per input value (or two per value with learned "
+        "variances: [prediction; v] along dim 1)"
+    )
+
+
+def interpolated_log_variance(v: Tensor, log_beta: Tensor, log_beta_tilde: Tensor) -> Tensor:
+    """improved DDPM Eq. 15: log Sigma = frac log beta_t + (1 - frac) log beta~_t,
+    frac = (v + 1) / 2, so v = 1 gives beta_t and v = -1 gives beta~_t.
+
+    v is used as the network returns it, not clamped (as improved-diffusion's learned_range);
+    arguments broadcast.
+    """
+    frac = (v + 1.0) / 2.0
+    return frac * log_beta + (1.0 - frac) * log_beta_tilde
+
+
+def learned_log_variance(schedule: NoiseSchedule, t: Tensor, v: Tensor) -> Tensor:
+    """The model's log-variance of p(x_{t-1} | x_t) (Eq. 15) at the schedule's timesteps t (B,):
+    beta_t and beta~_t, log beta~ clipped at t = 0 (``posterior_log_variance_clipped``, as
+    improved-diffusion). v (B, *D) -> (B, *D)."""
+    log_beta = _gather(schedule.betas.log(), t, v)
+    log_beta_tilde = _gather(schedule.posterior_log_variance_clipped, t, v)
+    return interpolated_log_variance(v, log_beta, log_beta_tilde)
+
+
+def vlb_term_bits(
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    mean: Tensor,
+    log_var: Tensor,
+    *,
+    decoder: Decoder = "discretized",
+) -> Tensor:
+    """One term of the variational bound per sample, in bits per dimension, shape (B,):
+
+        t >= 1: L_t   = KL(q(x_{t-1} | x_t, x_0) || N(mean, e^log_var))     (DDPM Eq. 5)
+        t  = 0: L_dec = -log p(x_0 | x_{t=0}), the discretised Gaussian of DDPM Eq. 13 for
+                images on the 256 levels of [-1, 1] (``decoder="discretized"``), the Gaussian
+                density for continuous data (``"continuous"``)
+
+    each averaged over the dimensions and divided by log 2 (improved-diffusion's
+    ``_vb_terms_bpd``). The KL's q uses beta~ clipped at t = 0, where the decoder is used.
+    """
+    true_mean, _, true_log_var = q_posterior(schedule, x0, x_t, t)
+    b = x0.shape[0]
+    kl = normal_kl(true_mean.float(), true_log_var.float(), mean.float(), log_var.float())
+    if decoder == "discretized":
+        nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * log_var)
+    elif decoder == "continuous":
+        nll = -gaussian_log_density(x0.float(), mean.float(), log_var.float())
+    else:
+        raise ValueError(f"unknown decoder {decoder!r}; expected 'discretized' or 'continuous'")
+    per_kl = kl.reshape(b, -1).mean(dim=1) / math.log(2.0)
+    per_nll = nll.float().reshape(b, -1).mean(dim=1) / math.log(2.0)
+    return torch.where(t.to(per_kl.device) == 0, per_nll, per_kl)
+
+
 def sample_timesteps(
     batch_size: int,
     num_steps: int,
@@ -183,6 +271,9 @@ def diffusion_loss_per_sample(
     t: Tensor | None = None,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
+    learn_sigma: bool = False,
+    vlb_weight: float = DEFAULT_VLB_WEIGHT,
+    decoder: Decoder = "discretized",
 ) -> tuple[Tensor, Tensor]:
     """Per-sample weighted losses (B,) and the timesteps t (B,) they were drawn at.
 
@@ -191,6 +282,16 @@ def diffusion_loss_per_sample(
     (default) or L1 (seed 000);
     ``min_snr_gamma`` weights each sample by :func:`loss_weights`. ``t``/``noise`` may be given
     (tests, likelihood terms); otherwise drawn from ``generator``.
+
+    ``learn_sigma``: the network returns [prediction; v] (twice the channels) and the loss is
+    improved DDPM's hybrid L_simple + lambda L_vlb (Eq. 16), lambda = ``vlb_weight``. Per
+    sample the VLB part is lambda T L_t (``vlb_term_bits``, bits/dim): T times the term of the
+    uniformly drawn t estimates L_vlb = sum_t L_t, which is improved-diffusion's
+    ``vb * num_timesteps / 1000`` at lambda = 0.001. Its mean is the posterior mean (Eq. 7) of
+    the x_0 that the *detached* prediction gives (for eps, x0 or v alike, not clipped), so
+    L_vlb trains only the variance (the stop-gradient of Sec. 3.1); its variance is
+    :func:`learned_log_variance`. min-SNR weights apply to L_simple only. ``decoder`` is the
+    t = 0 term's likelihood (:func:`vlb_term_bits`).
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; expected one of {list(PREDICTIONS)}")
@@ -207,7 +308,15 @@ def diffusion_loss_per_sample(
         )
     x_t = q_sample(schedule, x0, t, noise)
     out = model(x_t, t) if y is None else model(x_t, t, y)
-    if out.shape != x0.shape:
+    v_out: Tensor | None = None
+    if learn_sigma:
+        out, v_out = split_variance_output(out, x0)
+        if v_out is None:
+            raise ValueError(
+                f"learn_sigma: the model output has the input's shape {tuple(x0.shape)}; a "
+                "learned-variance network returns twice the channels ([prediction; v], dim 1)"
+            )
+    elif out.shape != x0.shape:
         raise ValueError(
             f"model output has shape {tuple(out.shape)} but the input has shape "
             f"{tuple(x0.shape)}; the network must return one value per input value"
@@ -225,7 +334,14 @@ def diffusion_loss_per_sample(
         per = F.l1_loss(out, target.float(), reduction="none")
     per_sample = per.reshape(b, -1).mean(dim=1)  # (B,)
     w = loss_weights(schedule, t, prediction, min_snr_gamma)
-    return w * per_sample, t
+    if v_out is None:
+        return w * per_sample, t
+    # the VLB term sees the mean through a stop-gradient: it trains the variance only
+    _, x0_pred = model_output_to_eps_x0(schedule, x_t, t, out.detach(), prediction)
+    mean, _, _ = q_posterior(schedule, x0_pred, x_t, t)
+    log_var = learned_log_variance(schedule, t, v_out.float())
+    vb = vlb_term_bits(schedule, x0, x_t, t, mean, log_var, decoder=decoder)
+    return w * per_sample + vlb_weight * schedule.num_steps * vb, t
 
 
 def diffusion_loss(

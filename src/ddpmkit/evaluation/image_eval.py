@@ -224,4 +224,5 @@ def _likelihood(
         "conditioning": "each image's true label (log p(x | y))" if conditional else "none",
         "weights": "raw" if opts.raw else "EMA",
         "precision": "fp32",
+        "variance": "learned (the model's v)" if cfg.diffusion.learn_sigma else "fixed beta~_t",
     }

@@ -11,10 +11,14 @@ the schedule, "t = 0" is one step of noise), for one data point x_0:
 p_theta(x_{t-1} | x_t) = N(mu~_t(x_t, x0_hat), sigma_t^2 I): the posterior mean (Ho et al. Eq. 7)
 with the model's x_0 estimate (clamped to [-1, 1] by default, ``clip_denoised``) and a fixed
 variance, beta~_t (``variance="posterior"``) or beta_t (``"beta"``; at t = 0 it is beta~ of
-t = 1, improved-diffusion's "fixed large"). The decoder L_dec is the discretised Gaussian of Ho
-et al. Sec. 3.3: 256 bins of width 2/255 centred on the levels of [-1, 1], the two edge bins
-extended to -inf and +inf. This follows improved-diffusion's ``vb_terms_bpd``/``calc_bpd_loop``
-(Nichol & Dhariwal 2021); bits/dim divide nats by D log 2.
+t = 1, improved-diffusion's "fixed large"), or, for a model with learned variances (output
+[prediction; v], twice the channels), the learned one (``"learned"``, Nichol & Dhariwal 2021
+Eq. 15: log sigma_t^2 = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2, beta~
+clipped at t = 0), which is what ``variance=None`` (the default) picks for such a model.
+The decoder L_dec is the discretised Gaussian of Ho et al. Sec. 3.3: 256 bins of width 2/255
+centred on the levels of [-1, 1], the two edge bins extended to -inf and +inf. This follows
+improved-diffusion's ``vb_terms_bpd``/``calc_bpd_loop`` (Nichol & Dhariwal 2021); bits/dim
+divide nats by D log 2.
 
 Each L_t (and L_dec) is estimated with one draw of x_t ~ q(x_t | x_0) per data point, so every
 term is an unbiased estimate of the bound. ``num_timesteps_eval = None`` evaluates every
@@ -33,7 +37,19 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ddpmkit.diffusion import PREDICTIONS, model_output_to_eps_x0, q_posterior, q_sample
+from ddpmkit.diffusion import (
+    PREDICTIONS,
+    learned_log_variance,
+    model_output_to_eps_x0,
+    q_posterior,
+    q_sample,
+    split_variance_output,
+)
+from ddpmkit.gaussians import (  # the closed forms live at layer 0; re-exported here
+    approx_standard_normal_cdf,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+)
 from ddpmkit.schedule import NoiseSchedule, expand_like
 
 __all__ = [
@@ -43,44 +59,6 @@ __all__ = [
     "timestep_strata",
     "vlb_terms",
 ]
-
-
-def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise (broadcasting), in nats."""
-    return 0.5 * (
-        logvar2
-        - logvar1
-        + torch.exp(logvar1 - logvar2)
-        + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
-        - 1.0
-    )
-
-
-def approx_standard_normal_cdf(x: Tensor) -> Tensor:
-    """Standard normal CDF, exact: 0.5 erfc(-x / sqrt 2), accurate far into the lower tail
-    (where 1 + erf(x / sqrt 2) cancels). The name follows improved-diffusion's function."""
-    return 0.5 * torch.special.erfc(-x / math.sqrt(2.0))
-
-
-def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
-    """log P(bin of x) under N(means, exp(log_scales)^2), elementwise, in nats, float64.
-
-    x must lie on the 256 levels of [-1, 1] (k / 127.5 - 1). Bin of x: [x - 1/255, x + 1/255],
-    except the lowest (x = -1), which extends to -inf, and the highest (x = 1), to +inf, so the
-    256 probabilities sum to 1. Differences of CDFs that are tiny in the far tail are floored at
-    1e-12 (improved-diffusion's clamp) before the log.
-    """
-    x, means, log_scales = x.double(), means.double(), log_scales.double()
-    centred = x - means
-    inv = torch.exp(-log_scales)
-    cdf_plus = approx_standard_normal_cdf(inv * (centred + 1.0 / 255))
-    cdf_min = approx_standard_normal_cdf(inv * (centred - 1.0 / 255))
-    # Upper tail through the symmetric lower one: 1 - Phi(z) = Phi(-z) without cancellation.
-    sf_min = approx_standard_normal_cdf(-inv * (centred - 1.0 / 255))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_sf_min = torch.log(sf_min.clamp(min=1e-12))
-    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_sf_min, log_delta))
 
 
 def timestep_strata(num_steps: int, num_timesteps_eval: int | None) -> list[tuple[int, int]]:
@@ -109,7 +87,7 @@ def vlb_terms(
     *,
     y: Tensor | None = None,
     prediction: str = "eps",
-    variance: str = "posterior",
+    variance: str | None = None,
     num_timesteps_eval: int | None = None,
     clip_denoised: bool = True,
     generator: torch.Generator | None = None,
@@ -121,7 +99,9 @@ def vlb_terms(
         model: ``model(x_t, t)`` or ``model(x_t, t, y)`` (float32 x_t, long t), output of the
             kind ``prediction`` ("eps", "x0" or "v").
         x0: data on the 256-level grid of [-1, 1], shape (B, *D).
-        variance: the fixed reverse variance, "posterior" (beta~_t) or "beta" (beta_t).
+        variance: the reverse variance: "posterior" (beta~_t) or "beta" (beta_t), fixed, or
+            "learned" (the model's v, Eq. 15); None = "learned" for a model that outputs v
+            (twice the channels), else "posterior".
         num_timesteps_eval: None for all T - 1 terms, or S strata (stratified sampling).
         generator: source of the t draws and of the noise of every x_t.
         max_batch_elements: several strata are evaluated in one model call while the batch
@@ -133,8 +113,10 @@ def vlb_terms(
         term and column t >= 1 the weighted L_t of the t drawn for that sample (0 elsewhere),
         so terms_bpd.sum(1) + prior_bpd = total_bpd.
     """
-    if variance not in ("posterior", "beta"):
-        raise ValueError(f"unknown variance {variance!r}; expected 'posterior' or 'beta'")
+    if variance not in (None, "posterior", "beta", "learned"):
+        raise ValueError(
+            f"unknown variance {variance!r}; expected None, 'posterior', 'beta' or 'learned'"
+        )
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; expected one of {list(PREDICTIONS)}")
     T = schedule.num_steps
@@ -143,7 +125,7 @@ def vlb_terms(
     to_bits = 1.0 / (dims * math.log(2.0))
     device = x0.device
     x0 = x0.double()
-    if variance == "posterior":
+    if variance != "beta":  # "posterior", or the learned variance's fallback (never used)
         logvar_table = schedule.posterior_log_variance_clipped.double()
     else:
         large = schedule.betas.double().clone()
@@ -154,13 +136,20 @@ def vlb_terms(
 
     def model_mean_logvar(x_t: Tensor, tt: Tensor, yy: Tensor | None) -> tuple[Tensor, Tensor]:
         xf = x_t.float()
-        out = (model(xf, tt) if yy is None else model(xf, tt, yy)).double()
-        if out.shape != x_t.shape:
-            raise ValueError(f"model output {tuple(out.shape)} != input {tuple(x_t.shape)}")
+        out, v = split_variance_output(
+            (model(xf, tt) if yy is None else model(xf, tt, yy)).double(), x_t
+        )
+        if variance == "learned" and v is None:
+            raise ValueError(
+                "variance='learned' needs a model with learned variances (output [prediction; "
+                "v], twice the channels); this one returns the input's shape"
+            )
         _, x0_pred = model_output_to_eps_x0(schedule, x_t, tt, out, prediction)
         if clip_denoised:
             x0_pred = x0_pred.clamp(-1, 1)
         mean, _, _ = q_posterior(schedule, x0_pred, x_t, tt)
+        if v is not None and variance in (None, "learned"):
+            return mean, learned_log_variance(schedule, tt, v)
         return mean, expand_like(logvar_table[tt], x_t)
 
     def draw(tt: Tensor) -> Tensor:

@@ -5,7 +5,8 @@
 ``SinusoidalMLP`` replaces the lookup table with a sinusoidal embedding + MLP, so it does not
 depend on T and generalises between neighbouring steps.
 
-Both follow the model contract ``model(x_t, t) -> eps`` with t a LongTensor of indices in [0, T).
+Both follow the model contract ``model(x_t, t) -> eps`` with t a LongTensor of indices in [0, T);
+``out_dim`` (default: data_dim) widens the output, e.g. 2 data_dim for learned variances.
 """
 
 from __future__ import annotations
@@ -21,15 +22,22 @@ __all__ = ["SinusoidalMLP", "StepEmbedMLP"]
 class StepEmbedMLP(nn.Module):
     """Seed 002's MLP: x -> [Linear, + embed_i(t), ReLU] x depth -> Linear."""
 
-    def __init__(self, num_steps: int, data_dim: int = 2, hidden: int = 128, depth: int = 3):
+    def __init__(
+        self,
+        num_steps: int,
+        data_dim: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        out_dim: int | None = None,
+    ):
         super().__init__()
         dims = [data_dim] + [hidden] * depth
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.step_embeddings = nn.ModuleList(nn.Embedding(num_steps, hidden) for _ in range(depth))
-        self.out = nn.Linear(hidden, data_dim)
+        self.out = nn.Linear(hidden, out_dim or data_dim)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """(B, D), (B,) long -> (B, D)."""
+        """(B, D), (B,) long -> (B, out_dim)."""
         h = x
         for lin, emb in zip(self.linears, self.step_embeddings):
             h = torch.relu(lin(h) + emb(t))
@@ -39,7 +47,14 @@ class StepEmbedMLP(nn.Module):
 class SinusoidalMLP(nn.Module):
     """MLP with a sinusoidal time embedding projected and added after each hidden layer (SiLU)."""
 
-    def __init__(self, data_dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64):
+    def __init__(
+        self,
+        data_dim: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        emb_dim: int = 64,
+        out_dim: int | None = None,
+    ):
         super().__init__()
         self.emb_dim = emb_dim
         self.time_mlp = nn.Sequential(
@@ -48,10 +63,10 @@ class SinusoidalMLP(nn.Module):
         dims = [data_dim] + [hidden] * depth
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.time_proj = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
-        self.out = nn.Linear(hidden, data_dim)
+        self.out = nn.Linear(hidden, out_dim or data_dim)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """(B, D), (B,) long -> (B, D)."""
+        """(B, D), (B,) long -> (B, out_dim)."""
         temb = self.time_mlp(sinusoidal_embedding(t, self.emb_dim))
         h = x
         for lin, proj in zip(self.linears, self.time_proj):

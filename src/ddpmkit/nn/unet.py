@@ -1,7 +1,8 @@
 """The image denoiser: a U-Net (Ronneberger et al. 2015) as used by Ho et al. 2020 (Appendix B)
 and Nichol & Dhariwal 2021, with class or text conditioning for classifier-free guidance.
 
-Shapes: ``forward(x: (B, C, H, W), t: (B,) long, y: (B,) long | None, text=None) -> (B, C, H, W)``.
+Shapes: ``forward(x: (B, C, H, W), t: (B,) long, y: (B,) long | None, text=None) -> (B, C, H, W)``
+(``(B, out_channels, H, W)`` with ``out_channels`` set, e.g. 2C for learned variances).
 ``y = None`` on a conditional model means "no label" (the null class, as does any label < 0).
 
 Text (``text_dim > 0``): ``text = (tokens (B, L, text_dim) float, mask (B, L) bool, pooled
@@ -67,7 +68,9 @@ class UNetConfig:
     """Architecture of :class:`UNet`; :meth:`validate` says what cannot be built, and why.
 
     Fields:
-        in_channels: image channels (also the output channels).
+        in_channels: image channels (also the output channels unless out_channels is set).
+        out_channels: output channels; 0 = in_channels. Learned variances use 2 in_channels
+            (the prediction, then the variance values v, along dim 1).
         image_size: S (square) or (H, W); 2^(len(channel_mults) - 1) must divide H and W.
         base_channels: width of the first level; level i has base_channels * channel_mults[i].
         channel_mults: one level per entry; a 2x downsampling between consecutive levels.
@@ -97,6 +100,7 @@ class UNetConfig:
     """
 
     in_channels: int = 1
+    out_channels: int = 0
     image_size: int | tuple[int, int] = 28
     base_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 2)
@@ -156,6 +160,10 @@ class UNetConfig:
         h, w = self.hw
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {self.in_channels}")
+        if self.out_channels < 0:
+            raise ValueError(
+                f"out_channels must be >= 0 (0 = in_channels), got {self.out_channels}"
+            )
         if not self.channel_mults or any(m < 1 for m in self.channel_mults):
             raise ValueError(
                 f"channel_mults must be non-empty positive integers, got {list(self.channel_mults)}"
@@ -295,6 +303,7 @@ class UNet(nn.Module):
 
         sizes = cfg.level_sizes()
         c_io = cfg.in_channels * cfg.patch_size**2  # channels after space-to-depth
+        c_final = (cfg.out_channels or cfg.in_channels) * cfg.patch_size**2  # conv_out
         self.conv_in = nn.Conv2d(c_io, base, 3, padding=1)
         self.down = nn.ModuleList()
         skips = [base]
@@ -319,7 +328,7 @@ class UNet(nn.Module):
             if i > 0:
                 self.up.append(Upsample(ch))
         self.out = nn.Sequential(
-            nn.GroupNorm(g, ch), nn.SiLU(), zero_init(nn.Conv2d(ch, c_io, 3, padding=1))
+            nn.GroupNorm(g, ch), nn.SiLU(), zero_init(nn.Conv2d(ch, c_final, 3, padding=1))
         )
 
     def forward(

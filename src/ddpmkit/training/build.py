@@ -173,7 +173,14 @@ def build_text_model(
     assert data.captions is not None
     encoder = build_text_encoder_for(cfg, data.captions, log)
     table = encode_all(encoder, data.captions)
-    net = build_model(cfg.model, data.sample_shape, 0, num_steps, text_dim=encoder.dim)
+    net = build_model(
+        cfg.model,
+        data.sample_shape,
+        0,
+        num_steps,
+        text_dim=encoder.dim,
+        learn_sigma=cfg.diffusion.learn_sigma,
+    )
     return TextConditioned(net, table), {"config": encoder.config(), "dim": encoder.dim}
 
 
@@ -204,8 +211,13 @@ def build_model(
     num_steps: int,
     *,
     text_dim: int = 0,
+    learn_sigma: bool = False,
 ) -> nn.Module:
-    """The denoiser for data of ``sample_shape``: (D,) -> MLP, (C, H, W) -> U-Net."""
+    """The denoiser for data of ``sample_shape``: (D,) -> MLP, (C, H, W) -> U-Net.
+
+    ``learn_sigma`` (``diffusion.learn_sigma``): twice the output channels, [prediction; v].
+    """
+    factor = 2 if learn_sigma else 1
     if cfg.kind in ("mlp", "mlp_step"):
         if len(sample_shape) != 1:
             raise ConfigError(
@@ -217,8 +229,13 @@ def build_model(
         from ddpmkit.nn.mlp import SinusoidalMLP, StepEmbedMLP
 
         if cfg.kind == "mlp_step":
-            return StepEmbedMLP(num_steps, sample_shape[0], cfg.mlp.hidden, cfg.mlp.depth)
-        return SinusoidalMLP(sample_shape[0], cfg.mlp.hidden, cfg.mlp.depth)
+            return StepEmbedMLP(
+                num_steps, sample_shape[0], cfg.mlp.hidden, cfg.mlp.depth,
+                out_dim=factor * sample_shape[0],
+            )  # fmt: skip
+        return SinusoidalMLP(
+            sample_shape[0], cfg.mlp.hidden, cfg.mlp.depth, out_dim=factor * sample_shape[0]
+        )
     if len(sample_shape) != 3:
         raise ConfigError(
             f"model.kind: 'unet' needs image data (C, H, W), but the data has shape "
@@ -234,6 +251,7 @@ def build_model(
     ucfg = UNetConfig(
         **section,
         in_channels=c,
+        out_channels=factor * c,
         image_size=(h, w),
         num_classes=num_classes,
         text_dim=text_dim,
@@ -256,11 +274,20 @@ def model_from_meta(meta: dict[str, Any]) -> tuple[nn.Module, NoiseSchedule, Run
 
         dim = int(meta["text_encoder"]["dim"])
         net = build_model(
-            cfg.model, tuple(data["sample_shape"]), 0, cfg.diffusion.num_steps, text_dim=dim
+            cfg.model,
+            tuple(data["sample_shape"]),
+            0,
+            cfg.diffusion.num_steps,
+            text_dim=dim,
+            learn_sigma=cfg.diffusion.learn_sigma,
         )
         return TextConditioned(net), build_schedule(cfg.diffusion), cfg
     model = build_model(
-        cfg.model, tuple(data["sample_shape"]), int(data["num_classes"]), cfg.diffusion.num_steps
+        cfg.model,
+        tuple(data["sample_shape"]),
+        int(data["num_classes"]),
+        cfg.diffusion.num_steps,
+        learn_sigma=cfg.diffusion.learn_sigma,
     )
     return model, build_schedule(cfg.diffusion), cfg
 

@@ -20,7 +20,7 @@ import tomllib
 
 from ddpmkit.data.registry import DatasetName
 from ddpmkit.data.toy2d import ToyName
-from ddpmkit.diffusion import Prediction
+from ddpmkit.diffusion import DEFAULT_VLB_WEIGHT, Prediction
 from ddpmkit.errors import ConfigError
 from ddpmkit.nn.unet import Conditioning
 from ddpmkit.sampling import Sampler, Spacing
@@ -116,6 +116,10 @@ class DiffusionConfig:
     loss: Literal["mse", "l1"] = "mse"  # l1: seed 000
     min_snr_gamma: float = 0.0  # 0 = off; else min-SNR-gamma weighting (Hang et al. 2023)
     antithetic: bool = False  # seed 002's paired timesteps t and T-1-t
+    # learned variances (Nichol & Dhariwal 2021): the network also outputs v, the reverse
+    # variance interpolates log beta_t and log beta~_t, trained by L_simple + vlb_weight L_vlb
+    learn_sigma: bool = False
+    vlb_weight: float = DEFAULT_VLB_WEIGHT  # lambda of the hybrid loss (with learn_sigma only)
 
 
 @dataclass(frozen=True)
@@ -380,10 +384,24 @@ def validate_config(cfg: RunConfig) -> RunConfig:
             )
     elif d.betas:
         raise ConfigError("diffusion.betas: only allowed with diffusion.schedule = 'custom'")
+    _check_learn_sigma(d)
     _check_text(cfg)
     if ".." in Path(cfg.name).parts or "/" in cfg.name or "\\" in cfg.name or not cfg.name:
         raise ConfigError(f"name: {cfg.name!r} must be a plain folder name (no '/' or '..')")
     return cfg
+
+
+def _check_learn_sigma(d: DiffusionConfig) -> None:
+    if d.learn_sigma and not (0 < d.vlb_weight < float("inf")):
+        raise ConfigError(
+            f"diffusion.vlb_weight: must be > 0 with diffusion.learn_sigma = true (it is all "
+            f"that trains the variance), got {d.vlb_weight}"
+        )
+    if not d.learn_sigma and d.vlb_weight != DEFAULT_VLB_WEIGHT:
+        raise ConfigError(
+            f"diffusion.vlb_weight: only used with diffusion.learn_sigma = true; set "
+            f"learn_sigma = true or drop vlb_weight (got {d.vlb_weight})"
+        )
 
 
 CAPTIONED = ("fashion_captions", "fashion_scenes")  # the built-in captioned datasets

@@ -114,8 +114,11 @@ def check_same_data(state: dict[str, object], cfg: RunConfig, data: TrainData, p
         )
 
 
-def preflight(model: nn.Module, data: TrainData, device: torch.device) -> None:
-    """Call the network once on two items so a shape mismatch is a clear error up front."""
+def preflight(
+    model: nn.Module, data: TrainData, device: torch.device, learn_sigma: bool = False
+) -> None:
+    """Call the network once on two items so a shape mismatch is a clear error up front
+    (``learn_sigma``: the output has twice the channels, dim 1)."""
     from ddpmkit.training.config import ConfigError
 
     x = torch.zeros((2, *data.sample_shape), device=device)
@@ -128,7 +131,15 @@ def preflight(model: nn.Module, data: TrainData, device: torch.device) -> None:
         raise ConfigError(
             f"model: the network cannot take data of shape {list(x.shape)}: {msg}"
         ) from None
-    if tuple(out.shape) != tuple(x.shape):
+    if learn_sigma:
+        want = [x.shape[0], 2 * x.shape[1], *x.shape[2:]]
+        if list(out.shape) != want:
+            raise ConfigError(
+                f"model: output shape {list(out.shape)} differs from {want}, twice the input's "
+                f"channels {list(x.shape)}: with diffusion.learn_sigma the network returns the "
+                "prediction and the variance values v"
+            )
+    elif tuple(out.shape) != tuple(x.shape):
         raise ConfigError(
             f"model: output shape {list(out.shape)} differs from input shape {list(x.shape)}; "
             "the network must return one value per input value"
@@ -191,12 +202,18 @@ def build_run(cfg: RunConfig, *, resume: bool, log: Callable[[str], None]) -> Ru
         model, text_meta = build_text_model(cfg, data, sched.num_steps, log)
         model = model.to(device)
     else:
-        model = build_model(cfg.model, data.sample_shape, data.num_classes, sched.num_steps)
+        model = build_model(
+            cfg.model,
+            data.sample_shape,
+            data.num_classes,
+            sched.num_steps,
+            learn_sigma=cfg.diffusion.learn_sigma,
+        )
         model = model.to(device)
     cpath = compute_path(cfg, device, data)
     if cpath.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    preflight(model, data, device)
+    preflight(model, data, device, cfg.diffusion.learn_sigma)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     sync_free = use_sync_free(cfg, device)
     opt = torch.optim.AdamW(

@@ -112,6 +112,9 @@ class TrainStep:
                     prediction=cfg.diffusion.prediction,
                     loss_type=cfg.diffusion.loss,  # type: ignore[arg-type]
                     min_snr_gamma=cfg.diffusion.min_snr_gamma or None,
+                    learn_sigma=cfg.diffusion.learn_sigma,
+                    vlb_weight=cfg.diffusion.vlb_weight,
+                    decoder="discretized" if run.data.kind == "image" else "continuous",
                 )
                 loss = per.mean() * (xc.shape[0] / x.shape[0])
             loss.backward()
