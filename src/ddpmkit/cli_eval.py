@@ -55,6 +55,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="samples to draw from a model (default 1000); for a samples file: use the first N",
     )
     p.add_argument(
+        "--per-prompt",
+        type=int,
+        default=None,
+        metavar="N",
+        help="text models: samples per held-out prompt of the adherence report (default 4; "
+        "with --num: --num spread over the prompts)",
+    )
+    p.add_argument(
         "--sampler",
         default=None,
         choices=list(SAMPLERS),

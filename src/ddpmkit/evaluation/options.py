@@ -42,6 +42,9 @@ class EvalOptions:
     root: str | Path | None = None
     # Samples to draw from a model (None: 1000); for samples given: use the first N (None: all).
     num: int | None = None
+    # Text models: samples per held-out prompt of the adherence report. None: --num spread over
+    # the prompts if --num is given, else 4 (evaluation/prompts.py: DEFAULT_PER_PROMPT).
+    per_prompt: int | None = None
     # Sampler (ddpm, ddim, dpmpp). None: the model's sample.sampler (with its steps and
     # spacing); a different sampler drops the model's steps and spacing.
     sampler: Sampler | None = None
@@ -85,6 +88,8 @@ class EvalOptions:
         :func:`~ddpmkit.evaluation.plan.make_plan` and the sampler)."""
         if self.num is not None and self.num < MIN_SAMPLES:
             raise ConfigError(f"--num: must be >= {MIN_SAMPLES}, got {self.num}")
+        if self.per_prompt is not None and self.per_prompt < 1:
+            raise ConfigError(f"--per-prompt: must be >= 1, got {self.per_prompt}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size: must be >= 1, got {self.batch_size}")
         if self.ref_split not in REF_SPLITS:

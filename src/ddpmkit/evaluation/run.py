@@ -63,6 +63,10 @@ def evaluate(
     src = open_source(source, log)
     if src.meta is not None and "text_encoder" in src.meta:
         return _evaluate_text(src, opts, log)
+    if opts.per_prompt is not None:
+        from ddpmkit.errors import ConfigError
+
+        raise ConfigError("--per-prompt: only for text models (prompt adherence); use --num")
     plan = make_plan(src, opts)
     notes = list(src.notes)
     report: dict[str, Any] = {
