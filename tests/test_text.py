@@ -207,6 +207,22 @@ def test_minilm_truncation_warning(minilm: TextEncoder) -> None:
     assert "11 tokens" in lines[0]
 
 
+@needs_minilm
+def test_minilm_knows_garment_synonyms(minilm: TextEncoder) -> None:
+    """The packaged weights are the pretrained ones: each class's other synonyms ("a handbag",
+    "a pair of slacks") lie nearest, in pooled cosine, to their own class's first synonym among
+    the ten (chance: 2 of 20; a randomly initialised encoder would be near it)."""
+    from ddpmkit.data.captions import SYNONYMS, noun_phrase
+
+    first = [noun_phrase(s[0]) for s in SYNONYMS]
+    others = [(c, noun_phrase(s)) for c, syn in enumerate(SYNONYMS) for s in syn[1:]]
+    a = torch.nn.functional.normalize(minilm.encode(first).pooled, dim=1)
+    b = torch.nn.functional.normalize(minilm.encode([p for _, p in others]).pooled, dim=1)
+    nearest = dict(zip((p for _, p in others), (b @ a.T).argmax(1).tolist()))
+    assert sum(nearest[p] == c for c, p in others) >= 10
+    assert (nearest["a handbag"], nearest["a jacket"], nearest["a pair of pants"]) == (8, 4, 1)
+
+
 OFFLINE_SCRIPT = """
 import json, sys
 from ddpmkit.text import build_text_encoder

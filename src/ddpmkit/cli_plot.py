@@ -5,6 +5,7 @@
     ddpm plot reverse RUN_OR_CHECKPOINT --out strip.png [--gif anim.gif] [--sampler ddim ...]
     ddpm plot loss RUN_DIR --out loss.png
     ddpm plot grids RUN_DIR --out sheet.png
+    ddpm plot prompts RUN_OR_CHECKPOINT --prompt "a bag" [--prompt ...] --num 6 --out rows.png
 
 Every figure is written atomically (a temporary file renamed into place), so a failed command
 leaves no half-written file. Wrong inputs are one-line errors (``ddpm: error: ...``, exit 2).
@@ -31,7 +32,9 @@ TOY_POINTS = 2000  # points drawn in 2-D figures
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="figures: schedules, forward/reverse process, loss, grids")
+    p = sub.add_parser(
+        "plot", help="figures: schedules, forward/reverse process, loss, grids, prompts"
+    )
     kinds = p.add_subparsers(dest="plot_kind", required=True, metavar="KIND")
 
     s = kinds.add_parser("schedules", help="alpha_bar, beta and log-SNR of the four schedules")
@@ -99,6 +102,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("run", help="run folder (with samples/step_*.png)")
     g.add_argument("--out", required=True, help="PNG to write")
     g.add_argument("--max", type=int, default=8, help="at most this many grids (default 8)")
+
+    pr = kinds.add_parser(
+        "prompts",
+        help="text models: one row per prompt, the same initial noise in every row",
+        description="One row per --prompt, labelled with it; column j of every row starts from "
+        "the same noise (seed + j), so rows differ only by their prompt (e.g. its words "
+        "swapped).",
+    )
+    pr.add_argument("checkpoint", help="run folder, checkpoint folder or exported model folder")
+    pr.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="a prompt; repeat for one row each ('' = the unconditional model)",
+    )
+    pr.add_argument("--num", type=int, default=6, help="samples per prompt (default 6)")
+    pr.add_argument("--out", required=True, help="PNG to write")
+    pr.add_argument("--sampler", default=None, choices=list(SAMPLERS), help="default: the run's")
+    pr.add_argument("--steps", type=int, default=None, help="default: the run's")
+    pr.add_argument("--spacing", default=None, help="default: the run's")
+    pr.add_argument("--guidance", type=float, default=None, help="default: the run's")
+    pr.add_argument("--seed", type=int, default=0, help="column j uses seed + j (default 0)")
+    pr.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.set_defaults(handler=_run)
 
 
@@ -109,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         "reverse": _reverse,
         "loss": _loss,
         "grids": _grids,
+        "prompts": _prompts,
     }[args.plot_kind]
     out = handler(args)
     print(f"wrote {out}")
@@ -281,3 +308,34 @@ def _grids(args: argparse.Namespace) -> Path:
         grids = [grids[i] for i in idx]
     labels = [f"step {int(p.stem.split('_')[1])}" for p in grids]
     return contact_sheet(grids, args.out, labels=labels)
+
+
+def _prompts(args: argparse.Namespace) -> Path:
+    """One labelled row per prompt; column j of every row is drawn with seed + j."""
+    from ddpmkit.trained import load
+    from ddpmkit.viz.grid import grid_with_row_labels
+
+    if args.num < 1:
+        raise ConfigError(f"--num: must be >= 1, got {args.num}")
+    model = load(Path(args.checkpoint), raw=args.raw)
+    if not model.is_text:
+        raise ConfigError(
+            f"{args.checkpoint}: --prompt needs a text-conditioned model; this one is not "
+            "(ddpm plot reverse --label draws a class)"
+        )
+    rows = [
+        model.sample(
+            args.num,
+            prompts=[p],
+            sampler=args.sampler,
+            steps=args.steps,
+            spacing=args.spacing,
+            guidance=args.guidance,
+            seed=args.seed,
+        )  # fmt: skip
+        for p in args.prompt
+    ]
+    u8 = np.concatenate(rows)  # (P * num, H, W, C), row r = prompt r
+    labels = [p or "(empty prompt)" for p in args.prompt]
+    upscale = max(1, 64 // model.sample_shape[1])
+    return grid_with_row_labels(u8.transpose(0, 3, 1, 2), args.num, labels, args.out, upscale)
