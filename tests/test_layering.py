@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "solvers": 3,
     "sampling": 4,
     "sample_settings": 5,
+    "step_schedule": 5,
     "training": 6,
     "viz": 6,
     "trained": 7,
@@ -40,6 +41,7 @@ LAYERS: dict[str, int] = {
     "cli_eval": 9,
     "cli_plot": 9,
     "cli_sample": 9,
+    "cli_schedule": 9,
     "cli": 10,
     "": 11,  # the package facade ddpmkit/__init__.py: imported by no module of the package
 }

@@ -2,7 +2,7 @@
 
     ddpm train [CONFIG] [--set key=value ...] [--out DIR] [--resume]
     ddpm sample RUN_OR_CHECKPOINT [--sampler dpmpp] [--steps 20] [--guidance 2] [--num 80] ...
-    ddpm eval ...   ddpm plot ...
+    ddpm eval ...   ddpm plot ...   ddpm schedule RUN [--sampler unipc] [--steps 10] ...
 
 A user mistake (bad config, missing dataset, corrupt checkpoint, wrong-shaped input) is one line
 on stderr, ``ddpm: error: ...``, exit status 2, and nothing written. ``DDPMKIT_DEBUG=1`` shows the
@@ -22,6 +22,7 @@ from types import FrameType
 import ddpmkit.cli_eval as cli_eval
 import ddpmkit.cli_plot as cli_plot
 import ddpmkit.cli_sample as cli_sample
+import ddpmkit.cli_schedule as cli_schedule
 from ddpmkit.data.download import SOURCES
 from ddpmkit.errors import CheckpointError, ConfigError, DatasetError, SettingsError, UsageError
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Imported, never guarded: a broken import must fail loudly, not remove a command.
     cli_eval.register(sub)
     cli_plot.register(sub)
+    cli_schedule.register(sub)
     return parser
 
 

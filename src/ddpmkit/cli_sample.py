@@ -58,6 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "indices, e.g. 999,750,500,250,0",
     )
     p.add_argument(
+        "--schedule-from",
+        default=None,
+        metavar="FILE",
+        help="a grid written by `ddpm schedule` (JSON): its timesteps and its sampler, "
+        "instead of --steps/--spacing/--timesteps",
+    )
+    p.add_argument(
         "--eta",
         type=float,
         default=None,
@@ -196,13 +203,16 @@ def _sample(
 ) -> torch.Tensor:
     """``n`` samples with the flags' settings (None = the run's own); ``condition`` is
     ``labels=`` or ``prompts=``."""
+    sampler, timesteps = args.sampler, parse_timesteps(args.timesteps)
+    if getattr(args, "schedule_from", None) is not None:
+        sampler, timesteps = _schedule_from(model, args)
     x = model.sample(
         n,
         **condition,
-        sampler=args.sampler,
+        sampler=sampler,
         steps=args.steps,
         spacing=args.spacing,
-        timesteps=parse_timesteps(args.timesteps),
+        timesteps=timesteps,
         guidance=args.guidance,
         eta=args.eta,
         seed=args.seed,
@@ -212,6 +222,24 @@ def _sample(
     )
     assert isinstance(x, torch.Tensor)
     return x
+
+
+def _schedule_from(model: TrainedModel, args: argparse.Namespace) -> tuple[str, list[int]]:
+    """(sampler, timesteps) of ``--schedule-from FILE``, checked against the model and flags."""
+    from ddpmkit.errors import UsageError
+    from ddpmkit.step_schedule import load_schedule
+
+    given = [f for f, v in (("--steps", args.steps), ("--spacing", args.spacing),
+                            ("--timesteps", args.timesteps)) if v is not None]  # fmt: skip
+    if given:
+        raise UsageError(f"--schedule-from: replaces {'/'.join(given)}; give one or the other")
+    grid = load_schedule(args.schedule_from, model.schedule.num_steps)
+    if args.sampler is not None and args.sampler != grid.sampler:
+        raise UsageError(
+            f"--schedule-from: {args.schedule_from} was optimised for {grid.sampler}, not "
+            f"{args.sampler}; drop --sampler or run `ddpm schedule --sampler {args.sampler}`"
+        )
+    return grid.sampler, list(grid.timesteps)
 
 
 def _default_num(model: TrainedModel, grid_by_class: bool) -> int:
