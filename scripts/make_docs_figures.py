@@ -1,13 +1,16 @@
 """Regenerate every figure in docs/figures from the project's own code (the ``ddpm`` commands).
 
     .venv/bin/python scripts/make_docs_figures.py [--fmnist-run RUN_DIR] [--s-curve-run RUN_DIR]
+        [--text-run RUN_DIR [--only-text]]
 
 Always: the schedules, the forward process of a Fashion-MNIST image under the four schedules
 and of the S-curve. Then it trains the S-curve preset (``ddpm train s_curve``, one to two
 minutes on 2 CPU cores) unless ``--s-curve-run`` gives a trained run, and takes its reverse
 process, data-vs-samples and loss figures. The Fashion-MNIST figures (samples by class, grids
 over training, reverse process) need a trained run folder, e.g. the README's main job:
-``--fmnist-run runs/fashion_mnist``; without it the existing ones are kept.
+``--fmnist-run runs/fashion_mnist``; without it the existing ones are kept. The text-to-image
+figure (``ddpm plot prompts``: rows of ``TEXT_PROMPTS``, the same noise in every column) needs
+a trained ``fashion_text`` run, ``--text-run runs/fashion_text``; ``--only-text`` makes only it.
 
 Finally every PNG in docs/figures is re-encoded to stay small (< 300 KB,
 checked by tests/test_docs.py): plots are reduced to a 256-colour palette (they have few
@@ -29,6 +32,29 @@ from ddpmkit.viz.grid import atomic_save
 
 FIG = Path(__file__).resolve().parents[1] / "docs" / "figures"
 LIMIT = 290_000  # bytes; the docs test allows 300 KB
+
+
+# Rows of the text figure: held-out phrasings of single garments (one with an attribute), a
+# training pair in a training and in a held-out phrasing, a held-out pair, and a held-out pair
+# with its words swapped (docs/tour.md, "From a prompt to a grid").
+TEXT_PROMPTS = (
+    "an image of a sneaker",
+    "a black and white photo of a handbag",
+    "an image of a dark coat",
+    "a dress to the left of an ankle boot",
+    "a dress left of an ankle boot",
+    "a pair of trousers to the left of a sneaker",
+    "a bag to the left of a sandal",
+    "a sandal to the left of a bag",
+)
+
+
+def text_figure(text_run: str) -> None:
+    """docs/figures/text_prompts.png from a trained fashion_text run (6 columns)."""
+    prompts = [a for p in TEXT_PROMPTS for a in ("--prompt", p)]
+    run("plot", "prompts", text_run, *prompts, "--num", "6",
+        "--out", str(FIG / "text_prompts.png"))  # fmt: skip
+    print(f"text_prompts.png: {compact_png(FIG / 'text_prompts.png') / 1000:.0f} KB")
 
 
 def run(*args: str) -> None:
@@ -74,8 +100,14 @@ def main() -> None:
     )
     ap.add_argument("--fmnist-run", default=None, help="a trained Fashion-MNIST run folder")
     ap.add_argument("--s-curve-run", default=None, help="a trained S-curve run folder")
+    ap.add_argument("--text-run", default=None, help="a trained fashion_text run folder")
+    ap.add_argument("--only-text", action="store_true", help="only the text figure")
     args = ap.parse_args()
     FIG.mkdir(parents=True, exist_ok=True)
+    if args.text_run:
+        text_figure(args.text_run)
+    if args.only_text:
+        return
     run("plot", "schedules", "--out", str(FIG / "schedules.png"))
     run("plot", "forward", "--dataset", "fashion_mnist", "--index", "1",
         "--schedule", "linear", "--schedule", "cosine", "--schedule", "quadratic",

@@ -120,10 +120,12 @@ def shrink(args: list[str], user_images: Path) -> list[str]:
             toy = len(args) > 1 and args[1] in TOYS
             for kv in SMALL_TOY if toy else SMALL_NET:
                 args += ["--set", kv]
+            if len(args) > 1 and args[1] == "fashion_text":  # 64 captions for MiniLM, not 120,000
+                args += ["--set", "data.max_items=64"]
         return args
     if args[0] == "sample":  # 4: the fewest samples `ddpm eval` accepts (k-NN with k = 3)
         return _set(_set(args, "--num", "4"), "--steps", "3")
-    if args[:2] == ["plot", "reverse"]:
+    if args[:2] in (["plot", "reverse"], ["plot", "prompts"]):
         return _set(_set(args, "--num", "2"), "--steps", "3")
     if args[0] == "eval":  # few samples and reference images; the memorisation scan is skipped
         flags = [("--ref-num", "64"), ("--memorisation", "0"), ("--cache-dir", "eval_cache")]
@@ -145,7 +147,7 @@ def test_docs_have_commands() -> None:
     assert len(tour) >= 15
     assert {c[0] for c in tour} >= {"train", "sample", "plot"}
     assert {c[1] for c in tour if c[0] == "plot"} == {
-        "schedules", "forward", "reverse", "loss", "grids",
+        "schedules", "forward", "reverse", "loss", "grids", "prompts",
     }  # fmt: skip
     assert any(any(a.startswith("data.root=") for a in c) for c in tour)  # the folder example
 
@@ -158,6 +160,9 @@ def test_shrink_rewrites_heavy_arguments() -> None:
     assert small[:5] == ["train", "--set", 'data.root="/data/imgs"', "--steps", "4"]
     assert "model.base_channels=16" in small
     assert shrink(["train", "s_curve", "--resume"], imgs)[-3:] == ["--steps", "6", "--no-progress"]
+    assert shrink(["train", "fashion_text"], imgs)[-2:] == ["--set", "data.max_items=64"]
+    small = shrink(["plot", "prompts", "r", "--prompt", "a bag", "--out", "p.png"], imgs)
+    assert small[-4:] == ["--num", "2", "--steps", "3"]
 
 
 @pytest.mark.parametrize("doc", RUNNABLE, ids=lambda p: p.name)
