@@ -7,7 +7,7 @@ which nobody knows in advance. The power-function EMA weights step i's weights b
 the whole run, so the averaging window grows with the run. Its update, with t = 1, 2, ... the
 number of the update, is
 
-    ema_t = beta_t ema_{t-1} + (1 - beta_t) w_t,        beta_t = (1 - 1/t)^(gamma + 1)   (EDM2 eq. 2)
+    ema_t = beta_t ema_{t-1} + (1 - beta_t) w_t,   beta_t = (1 - 1/t)^(gamma + 1)   (EDM2 eq. 2)
 
 (beta_1 = 0: the first update copies the weights). Its length is given as sigma_rel, the
 standard deviation of the weight profile p(s) proportional to s^gamma on [0, t], relative to t:
@@ -149,7 +149,8 @@ class PowerEMAs(Callback):
             return
         for ema in self.emas:
             meta = {**run.meta_base, "step": step, "ema": f"power, sigma_rel {ema.sigma_rel:g}"}
-            ckpt.save_model_export(power_ema_dir(run.run_dir, ema.sigma_rel), ema.state_dict(), meta)
+            folder = power_ema_dir(run.run_dir, ema.sigma_rel)
+            ckpt.save_model_export(folder, ema.state_dict(), meta)
 
 
 def _read_saved(folder: Path, step: int) -> dict[str, Tensor] | None:
