@@ -8,7 +8,9 @@ density (scipy.integrate.quad), schedule quantities from the betas in float64 Py
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,3 +295,218 @@ def test_networks_return_twice_the_channels(patch: int) -> None:
         net = build_model(mcfg, (2,), 0, 100, learn_sigma=True)
         assert net(torch.randn(5, 2), torch.arange(5)).shape == (5, 4)
         assert build_model(mcfg, (2,), 0, 100)(torch.randn(5, 2), torch.arange(5)).shape == (5, 2)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+V_CONST = torch.tensor([1.0, -1.0, 0.3])  # per dimension: beta, beta~ and in between
+
+
+def learned_const(x0_value: float = 0.0):  # noqa: ANN201
+    """x0-prediction model: x0_hat = x0_value, v = V_CONST (data of 3 dimensions)."""
+
+    def model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([torch.full_like(x, x0_value), V_CONST.expand_as(x)], 1)
+
+    return model
+
+
+@pytest.mark.parametrize("ts", [[999, 998, 0], [999, 700, 0], [640, 20, 0], [40, 39, 0]])
+def test_ddpm_step_std_is_the_respaced_interpolated_variance(ts: list[int]) -> None:
+    """x_T = 0 and x0_hat = 0 make the first step's mean 0, so x_s = sigma z with z the first
+    draw of each sample's generator: sigma = x_s / z exactly."""
+    from ddpmkit.sampling import ddpm_sample
+
+    T = 1000
+    betas, abar, _ = schedule_floats("cosine", T)
+    sched = NoiseSchedule.from_name("cosine", T)
+    seeds = [3, 4]
+    states = []
+    ddpm_sample(
+        learned_const(), sched, torch.zeros(2, 3), timesteps=ts, seeds=seeds, prediction="x0",
+        callback=lambda info: states.append(info.x_t.clone()),
+    )  # fmt: skip
+    z = torch.stack([torch.randn(3, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    t, s = ts[0], ts[1]
+    beta_ts = 1 - math.prod(1 - b for b in betas[s + 1 : t + 1])  # the kept steps' alphas_bar
+    tilde_ts = beta_ts * (1 - abar[s]) / (1 - abar[t])
+    for d, v in enumerate(V_CONST.tolist()):
+        frac = (v + 1) / 2
+        want = math.exp(0.5 * (frac * math.log(beta_ts) + (1 - frac) * math.log(tilde_ts)))
+        got = states[0][:, d] / z[:, d]
+        # the sampler forms beta_{t|s} from float32 alphas_bar (rounding ~6e-8 each), so a
+        # small beta carries an absolute error of ~1.2e-7 (sigma: half of it, relatively)
+        rtol = 2e-5 + 1.2e-7 / beta_ts
+        torch.testing.assert_close(got, torch.full((2,), want), rtol=rtol, atol=0)
+
+
+def test_guidance_guides_the_mean_and_keeps_the_conditional_variance() -> None:
+    from ddpmkit.sampling import ddpm_sample
+
+    T = 100
+    betas, abar, _ = schedule_floats("linear", T)
+    sched = NoiseSchedule.from_name("linear", T)
+
+    def model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cond = (y >= 0).float()[:, None]  # x0_hat 0.5 / -0.5, v 0.6 / -0.9 (cond / uncond)
+        return torch.cat([(cond - 0.5).expand_as(x), (1.5 * cond - 0.9).expand_as(x)], 1)
+
+    ts, w = [60, 30, 0], 3.0
+    states = []
+    ddpm_sample(
+        model, sched, torch.zeros(2, 3), timesteps=ts, seeds=[1, 2], prediction="x0",
+        y=torch.tensor([4, 7]), guidance_scale=w,
+        callback=lambda info: states.append(info.x_t.clone()),
+    )  # fmt: skip
+    z = torch.stack([torch.randn(3, generator=torch.Generator().manual_seed(s)) for s in (1, 2)])
+    t, s = ts[0], ts[1]
+    beta_ts = 1 - abar[t] / abar[s]
+    tilde_ts = beta_ts * (1 - abar[s]) / (1 - abar[t])
+    x0_guided = -0.5 + w * (0.5 - -0.5)
+    mean = math.sqrt(abar[s]) * beta_ts / (1 - abar[t]) * x0_guided
+    frac = (0.6 + 1) / 2
+    sd = math.exp(0.5 * (frac * math.log(beta_ts) + (1 - frac) * math.log(tilde_ts)))
+    torch.testing.assert_close(states[0], mean + sd * z, rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic_samplers_ignore_the_variance_channels() -> None:
+    from ddpmkit.sampling import SAMPLERS, ddpm_sample
+
+    sched = NoiseSchedule.from_name("linear", 100)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 3, generator=g) * 0.3
+
+    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ w + t[:, None].float() / 100)
+
+    def with_v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([eps_model(x, t), torch.sin(x) * 0.7], 1)
+
+    x_T = torch.randn(4, 3, generator=g)
+    for name, sampler in SAMPLERS.items():
+        kw = {"seeds": [0, 1, 2, 3], "num_steps": 8}
+        if name == "ddpm":
+            a = ddpm_sample(with_v, sched, x_T, variance="beta", **kw)
+        else:
+            a = sampler(with_v, sched, x_T, **kw)
+        b = sampler(eps_model, sched, x_T, **kw)
+        assert torch.equal(a, b), name
+    learned = ddpm_sample(with_v, sched, x_T, **kw)  # the default uses v
+    assert not torch.allclose(learned, ddpm_sample(eps_model, sched, x_T, **kw))
+    with pytest.raises(ValueError, match="variance='learned' needs a model"):
+        ddpm_sample(eps_model, sched, x_T, variance="learned", **kw)
+
+
+# ----------------------------------------------------------------------------- bits/dim
+
+
+@pytest.mark.parametrize(("v", "fixed"), [(-1.0, "posterior"), (1.0, "beta")])
+def test_bits_per_dim_use_the_learned_variance(v: float, fixed: str) -> None:
+    """v = -1 is beta~ everywhere (= the fixed posterior variance, decoder included); v = 1 is
+    beta_t, the fixed "beta" variance for t >= 1 (its decoder variance is beta~_1 there, the
+    learned one beta_0). The fixed variances' terms are checked against direct computations in
+    tests/test_likelihood.py."""
+    from ddpmkit.evaluation.likelihood import vlb_terms
+
+    T = 8
+    sched = NoiseSchedule.from_name("linear", T)
+    g = torch.Generator().manual_seed(2)
+    x0 = (torch.randint(0, 256, (6, 2, 2, 2), generator=g) / 127.5 - 1).float()
+    w = torch.randn(2, 2, generator=g)
+
+    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bchw,cd->bdhw", x, w) * 0.2
+
+    def learned(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([eps_model(x, t), torch.full_like(x, v)], 1)
+
+    a = vlb_terms(learned, sched, x0, generator=torch.Generator().manual_seed(0))
+    b = vlb_terms(eps_model, sched, x0, variance=fixed, generator=torch.Generator().manual_seed(0))
+    cols = slice(0, T) if fixed == "posterior" else slice(1, T)
+    torch.testing.assert_close(
+        a["terms_bpd"][:, cols], b["terms_bpd"][:, cols], rtol=1e-5, atol=1e-7
+    )
+    if fixed == "beta":  # the learned decoder has variance beta_0, the fixed one beta~_1
+        assert not torch.allclose(a["decoder_bpd"], b["decoder_bpd"])
+    fixed_of_learned = vlb_terms(
+        learned, sched, x0, variance=fixed, generator=torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(fixed_of_learned["total_bpd"], b["total_bpd"])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+TINY = [
+    "--set", 'data.name="digits"',
+    "--set", "model.base_channels=8",
+    "--set", "model.channel_mults=[1, 2]",
+    "--set", "model.attention_resolutions=[]",
+    "--set", "model.groups=4",
+    "--set", "model.num_res_blocks=1",
+    "--set", "model.patch_size=1",
+    "--set", "diffusion.num_steps=50",
+    "--set", "train.batch_size=16",
+    "--set", "train.log_every=5",
+    "--set", "train.sample_every=0",
+    "--set", "train.checkpoint_every=20",
+    "--set", "sample.steps=4",
+    "--set", "sample.num=10",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from ddpmkit.cli import main
+
+    out = {}
+    for arm, flag in (("learned", "true"), ("fixed", "false")):
+        folder = tmp_path_factory.mktemp(arm) / "run"
+        # the preset's v-prediction and min-SNR weighting compose with the hybrid loss
+        args = ["train", "fashion_mnist", "--out", str(folder), "--steps", "20", "--no-progress"]
+        assert main([*args, *TINY, "--set", f"diffusion.learn_sigma={flag}"]) == 0
+        out[arm] = folder
+    return out
+
+
+def test_learned_run_trains_samples_and_evaluates(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import load_file
+
+    from ddpmkit.cli import main
+
+    run = runs["learned"]
+    meta = json.loads((run / "model" / "config.json").read_text())
+    assert meta["config"]["diffusion"]["learn_sigma"] is True
+    weights = load_file(run / "model" / "model.safetensors")
+    assert weights["out.2.weight"].shape[0] == 2  # [prediction; v] of one channel
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    for sampler, steps in (("ddpm", "10"), ("ddim", "4"), ("unipc", "4")):
+        out = tmp_path / sampler
+        args = ["sample", str(run), "--sampler", sampler, "--steps", steps, "--num", "4"]
+        assert main([*args, "--label", "3", "--guidance", "2", "--out", str(out)]) == 0
+        z = np.load(out / "samples.npz")
+        assert z["images"].shape == (4, 1, 8, 8) and z["images"].dtype == np.uint8
+    ev = tmp_path / "ev"
+    args = ["eval", str(run), "--num", "8", "--sampler", "ddpm", "--steps", "5"]
+    more = ["--bpd-images", "6", "--bpd-timesteps", "4", "--memorisation", "0", "--out", str(ev)]
+    assert main([*args, *more]) == 0, capsys.readouterr().err
+    like = json.loads((ev / "eval.json").read_text())["likelihood"]
+    assert like["variance"].startswith("learned") and math.isfinite(like["bpd"]) and like["bpd"] > 0
+
+
+def test_saved_run_without_the_keys_still_loads(runs: dict[str, Path]) -> None:
+    from ddpmkit.trained import load
+
+    run = runs["fixed"]
+    before = load(run).sample(num=3, sampler="ddpm", steps=5, seed=1)
+    path = run / "model" / "config.json"
+    meta = json.loads(path.read_text())
+    for key in ("learn_sigma", "vlb_weight"):  # as written before learned variances existed
+        del meta["config"]["diffusion"][key]
+    path.write_text(json.dumps(meta))
+    m = load(run)
+    assert m.config.diffusion.learn_sigma is False
+    assert np.array_equal(m.sample(num=3, sampler="ddpm", steps=5, seed=1), before)

@@ -39,6 +39,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ddpmkit.diffusion import interpolated_log_variance
 from ddpmkit.sampling_core import (
     LAMBDA_MIN,
     NULL_LABEL,
@@ -49,6 +50,7 @@ from ddpmkit.sampling_core import (
     _abar,
     _check_x,
     _guided_eps_x0,
+    _guided_eps_x0_v,
     _lam,
     _per_sample_generators,
     _randn,
@@ -104,7 +106,7 @@ def ddpm_sample(
     prediction: str = "eps",
     spacing: str = "trailing",
     timesteps: Sequence[int] | None = None,
-    variance: str = "beta",
+    variance: str | None = None,
     clip_x0: float | None = None,
 ) -> Tensor:
     """Ancestral sampling, DDPM Algorithm 2, on the timesteps of ``make_timesteps``.
@@ -113,16 +115,32 @@ def ddpm_sample(
     (respaced) chain and sigma^2 = beta_{t|s} (``variance="beta"``, Ho et al.'s sigma_t^2 = beta_t)
     or the posterior variance beta~ (``"posterior"``). No noise is added on the last step.
     ``clip_x0`` clamps the x_0 estimate to [-c, c] before the mean is formed (images: 1.0).
+
+    Learned variances (a model returning [prediction; v], twice the channels; Nichol & Dhariwal
+    2021): sigma^2 = exp(frac log beta_{t|s} + (1 - frac) log beta~_{t|s}), frac = (v + 1) / 2
+    (Eq. 15), with beta_{t|s} = 1 - abar_t / abar_s and beta~_{t|s} = beta_{t|s} (1 - abar_s) /
+    (1 - abar_t) of the respaced chain (Sec. 4: the betas recomputed from the kept steps'
+    alphas_bar), v from the conditional branch under guidance (which guides the prediction
+    half). ``variance=None`` (the default) is "learned" for such a model and "beta" for any
+    other; "beta" or "posterior" sample a learned-variance model with that fixed variance;
+    "learned" on a model without v is a ValueError.
     """
-    if variance not in ("beta", "posterior"):
-        raise ValueError(f"unknown variance {variance!r}; expected one of ['beta', 'posterior']")
+    if variance not in (None, "beta", "posterior", "learned"):
+        raise ValueError(
+            f"unknown variance {variance!r}; expected one of [None, 'beta', 'posterior', 'learned']"
+        )
     _check_x(x_T, y)
     gens = _per_sample_generators(seeds, x_T.shape[0])
     ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
     x = x_T.float()
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1
-        _, x0 = _guided_eps_x0(model, schedule, x, t, y, guidance_scale, prediction)
+        _, x0, v = _guided_eps_x0_v(model, schedule, x, t, y, guidance_scale, prediction)
+        if variance == "learned" and v is None:
+            raise ValueError(
+                "variance='learned' needs a model with learned variances (output [prediction; "
+                "v], twice the channels); this one returns x_t's shape"
+            )
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
         ab_t, ab_s = _abar(schedule, t), _abar(schedule, s)
@@ -131,8 +149,14 @@ def ddpm_sample(
         coef_x0 = math.sqrt(ab_s) * beta_ts / (1.0 - ab_t)
         coef_xt = math.sqrt(alpha_ts) * (1.0 - ab_s) / (1.0 - ab_t)
         mean = coef_x0 * x0 + coef_xt * x
-        if s >= 0:
-            var = beta_ts if variance == "beta" else beta_ts * (1.0 - ab_s) / (1.0 - ab_t)
+        if s >= 0 and v is not None and variance in (None, "learned"):
+            log_var = interpolated_log_variance(
+                v, math.log(beta_ts), math.log(beta_ts * (1.0 - ab_s) / (1.0 - ab_t))
+            )
+            z = _randn(tuple(x.shape), generator, gens, x.device)
+            x = mean + torch.exp(0.5 * log_var) * z
+        elif s >= 0:
+            var = beta_ts if variance in (None, "beta") else beta_ts * (1.0 - ab_s) / (1.0 - ab_t)
             x = mean + math.sqrt(var) * _randn(tuple(x.shape), generator, gens, x.device)
         else:
             x = mean

@@ -16,7 +16,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from ddpmkit.diffusion import model_output_to_eps_x0
+from ddpmkit.diffusion import model_output_to_eps_x0, split_variance_output
 from ddpmkit.schedule import NoiseSchedule
 
 __all__ = [
@@ -220,6 +220,42 @@ class Guidance:
         return self.scale if self.sigma_lo < sigma <= self.sigma_hi else 1.0
 
 
+def _guided_eps_x0_v(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    x: Tensor,
+    t: int,
+    y: Tensor | None,
+    guidance_scale: float | Guidance,
+    prediction: str,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Model call at timestep t -> (eps, x0, v), with classifier-free guidance when y is given.
+
+    v: the variance values of a learned-variance model (output [prediction; v], twice the
+    channels along dim 1; :func:`ddpmkit.diffusion.split_variance_output`), else None. Guidance
+    combines the prediction halves; v is the conditional branch's (as improved-diffusion's and
+    GLIDE's guided samplers do: the unconditional variance is not used).
+    """
+    b = x.shape[0]
+    tt = torch.full((b,), t, dtype=torch.long, device=x.device)
+    if isinstance(guidance_scale, Guidance):
+        guidance_scale = guidance_scale.at(schedule, t)
+    if y is None:
+        out, v = split_variance_output(model(x, tt).float(), x)
+    elif guidance_scale == 1.0:
+        out, v = split_variance_output(model(x, tt, y).float(), x)
+    else:
+        # One batched call for both branches: [cond; uncond].
+        null = torch.full_like(y, NULL_LABEL)
+        both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null])).float()
+        out_c, v = split_variance_output(both[:b], x)
+        out_u, _ = split_variance_output(both[b:], x)
+        out = out_u + guidance_scale * (out_c - out_u)
+    # Guidance is applied to the raw output; for eps/v/x0 it is linear, so it equals guiding eps.
+    eps, x0 = model_output_to_eps_x0(schedule, x, tt, out, prediction)
+    return eps, x0, v
+
+
 def _guided_eps_x0(
     model: Callable[..., Tensor],
     schedule: NoiseSchedule,
@@ -229,28 +265,10 @@ def _guided_eps_x0(
     guidance_scale: float | Guidance,
     prediction: str,
 ) -> tuple[Tensor, Tensor]:
-    """Model call at timestep t -> (eps, x0), with classifier-free guidance when y is given."""
-    b = x.shape[0]
-    tt = torch.full((b,), t, dtype=torch.long, device=x.device)
-    if isinstance(guidance_scale, Guidance):
-        guidance_scale = guidance_scale.at(schedule, t)
-    if y is None:
-        out = model(x, tt).float()
-    elif guidance_scale == 1.0:
-        out = model(x, tt, y).float()
-    else:
-        # One batched call for both branches: [cond; uncond].
-        null = torch.full_like(y, NULL_LABEL)
-        both = model(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null])).float()
-        out_c, out_u = both[:b], both[b:]
-        out = out_u + guidance_scale * (out_c - out_u)
-    if out.shape != x.shape:
-        raise ValueError(
-            f"model output has shape {tuple(out.shape)} but x_t has shape {tuple(x.shape)}; "
-            "the network must return one value per input value"
-        )
-    # Guidance is applied to the raw output; for eps/v/x0 it is linear, so it equals guiding eps.
-    return model_output_to_eps_x0(schedule, x, tt, out, prediction)
+    """Model call at timestep t -> (eps, x0), with classifier-free guidance when y is given;
+    the variance values of a learned-variance model are dropped (the deterministic samplers)."""
+    eps, x0, _ = _guided_eps_x0_v(model, schedule, x, t, y, guidance_scale, prediction)
+    return eps, x0
 
 
 def _abar(schedule: NoiseSchedule, t: int) -> float:
