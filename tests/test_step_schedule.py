@@ -92,7 +92,9 @@ def test_never_worse_than_its_start_and_objective_is_recomputable() -> None:
     oracle = MixtureOracle(sched, ring_means(8, 0.8), 0.05)
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
     for start in ([999, 600, 300, 100], [999, 998, 997, 0]):
-        res = optimise_timesteps(oracle, sched, x_T, "dpmpp", 4, start=start, max_evals=15)
+        res = optimise_timesteps(
+            oracle, sched, x_T, "dpmpp", 4, start=start, max_evals=15, end_at_zero=False
+        )
         ref = SAMPLERS["unipc"](oracle, sched, x_T, num_steps=100, spacing="logsnr")
         j_start = mse(SAMPLERS["dpmpp"](oracle, sched, x_T, timesteps=start), ref)
         j_end = mse(SAMPLERS["dpmpp"](oracle, sched, x_T, timesteps=list(res.timesteps)), ref)
@@ -115,13 +117,31 @@ def test_the_grid_is_valid_and_deterministic(sampler: str, steps: int) -> None:
     sched = NoiseSchedule.from_name("linear", 100)
     oracle = MixtureOracle(sched, ring_means(4, 1.0), 0.1)
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(5))
-    a = optimise_timesteps(oracle, sched, x_T, sampler, steps, reference_steps=50, max_evals=15)
-    b = optimise_timesteps(oracle, sched, x_T, sampler, steps, reference_steps=50, max_evals=15)
+    kw = {"reference_steps": 50, "max_evals": 15}
+    a = optimise_timesteps(oracle, sched, x_T, sampler, steps, **kw)  # type: ignore[arg-type]
+    b = optimise_timesteps(oracle, sched, x_T, sampler, steps, **kw)  # type: ignore[arg-type]
+    free = optimise_timesteps(oracle, sched, x_T, sampler, steps, end_at_zero=False, **kw)  # type: ignore[arg-type]
     ts = list(a.timesteps)
     assert len(ts) == steps and ts[0] == 99
     assert all(isinstance(t, int) and 0 <= t <= 99 for t in ts)
     assert all(u > v for u, v in zip(ts, ts[1:], strict=False))
     assert a == b
+    assert steps == 1 or ts[-1] == 0  # the default keeps the last timestep at 0
+    fs = list(free.timesteps)
+    assert len(fs) == steps and fs[0] == 99 and fs[-1] >= 0
+    assert all(u > v for u, v in zip(fs, fs[1:], strict=False))
+
+
+def test_end_at_zero_keeps_the_last_timestep() -> None:
+    sched = NoiseSchedule.from_name("linear", 100)
+    oracle = MixtureOracle(sched, ring_means(4, 1.0), 0.1)
+    x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(5))
+    res = optimise_timesteps(oracle, sched, x_T, "dpmpp", 4, reference_steps=50, max_evals=15)
+    assert res.timesteps[0] == 99 and res.timesteps[-1] == 0
+    assert "trailing" not in res.spacings  # it ends at 24, not 0
+    assert res.objective <= res.baseline == min(res.spacings.values())
+    with pytest.raises(SettingsError, match="ending at 0"):
+        optimise_timesteps(oracle, sched, x_T, "dpmpp", 3, start=[99, 50, 10])
 
 
 def test_bad_arguments_are_settings_errors(gauss: tuple[NoiseSchedule, GaussianOracle]) -> None:

@@ -76,6 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "descent gets two sweeps; the frontier of docs/samplers.md used 3 with 300)",
     )
     p.add_argument("--seed", type=int, default=10_000, help="noise i of the batch uses seed + i")
+    p.add_argument(
+        "--free-end",
+        action="store_true",
+        help="optimise the last timestep too (default: it stays at 0, where the x_0 estimate "
+        "is least blurred; docs/samplers.md)",
+    )
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument(
         "--out", default=None, help="JSON file to write (default: CHECKPOINT/steps_<N>.json)"
@@ -138,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
             reference_steps=args.reference_steps,
             max_evals=args.max_evals,
             starts=args.starts,
+            end_at_zero=not args.free_end,
             sampler_kwargs=kwargs,
             log=log,
         )

@@ -24,11 +24,12 @@ neither form was better on every row, MSE was at 5 evaluations, so MSE is the de
 
 Search (deterministic given x_T; no randomness inside): every fixed spacing of ``SPACINGS``
 that starts at T-1 is measured at n steps; t_1 = T-1 stays fixed (x_T is drawn there), and the
-other n - 1 timesteps, the last one included (its x_0 estimate is the output), are improved by
-coordinate descent in half log-SNR lambda = log(abar / (1 - abar)) / 2, from each of the
-``starts`` best spacings in turn: each timestep is moved by +-delta in lambda (at least one
-index; delta starts at (lambda_0 - lambda_min) / 2n), kept strictly between its neighbours, and
-the move is kept only if J goes down; after a sweep without a gain delta is halved, until
+other n - 1 timesteps (n - 2 with ``end_at_zero``, the default, which keeps t_n = 0: the
+output is the x_0 estimate there) are improved by coordinate descent in half log-SNR
+lambda = log(abar / (1 - abar)) / 2, from each of the ``starts`` best spacings in turn: each
+timestep is moved by +-delta in lambda (at least one index; delta starts at
+(lambda_0 - lambda_min) / 2n), kept strictly between its neighbours, and the move is kept
+only if J goes down; after a sweep without a gain delta is halved, until
 delta < ``min_delta`` or the descent's share of ``max_evals``. J is not convex in the grid
 (multistep solvers couple neighbouring steps), so several starts find better minima than one
 (measured on the frontier). Because a move is kept only when it lowers J, the result is never
@@ -208,13 +209,15 @@ def _descend(
     min_delta: float,
     stop_at: int,
     seen: Mapping[tuple[int, ...], float],
+    movable: int,
 ) -> tuple[list[int], float]:
     """Coordinate descent in lambda from ``ts`` (module docstring) until delta < min_delta or
-    ``len(seen)`` (the evaluations made so far) reaches ``stop_at``; returns (grid, J)."""
+    ``len(seen)`` (the evaluations made so far) reaches ``stop_at``; timesteps 1..movable-1
+    move; returns (grid, J)."""
     best = objective(ts)
     while delta >= min_delta and len(seen) < stop_at and len(ts) > 1:
         improved = False
-        for i in range(1, len(ts)):
+        for i in range(1, movable):
             for direction in (+1, -1):
                 if len(seen) >= stop_at:
                     break
@@ -243,6 +246,7 @@ def optimise_timesteps(
     starts: int = 3,
     min_delta: float = 0.02,
     metric: str = "mse",
+    end_at_zero: bool = True,
     sampler_kwargs: Mapping[str, Any] | None = None,
     start: Sequence[int] | None = None,
     log: Callable[[str], None] | None = None,
@@ -255,7 +259,12 @@ def optimise_timesteps(
     ``start`` replaces the fixed spacings as the starting grid (its first entry must be
     T-1). ``max_evals`` bounds the evaluations of J, the fixed spacings' included; what is
     left after them is split evenly between ``starts`` descents, from the best ``starts``
-    fixed spacings. ``metric`` is J's form (:func:`discrepancy`).
+    fixed spacings. ``metric`` is J's form (:func:`discrepancy`). ``end_at_zero`` (default)
+    keeps the last timestep at 0 (only grids ending there are tried); False optimises it too.
+    J alone may prefer to stop early and return the x_0 estimate of a noisier timestep, a
+    conditional mean closer in MSE to the reference but blurred: on a trained Fashion-MNIST
+    U-Net the free end found a worse J and a worse FD than the end at 0 (docs/samplers.md); on
+    the exact predictors of the frontier the free end scored better.
     """
     if sampler not in ODE_SAMPLERS:
         raise SettingsError(
@@ -275,6 +284,7 @@ def optimise_timesteps(
     kw = dict(sampler_kwargs or {})
     if "eta" in kw and kw["eta"]:
         raise SettingsError("eta", "must be 0: the optimised grid is for the ODE solver")
+    end_at_zero = end_at_zero and steps > 1  # one step: the grid is [T-1]
     calls_per_run = 2 * steps - 1 if sampler == "heun" else steps
     memo = _Memo(model, capacity=4 * calls_per_run + 4)
     ref = SAMPLERS[REFERENCE_SAMPLER](
@@ -294,14 +304,15 @@ def optimise_timesteps(
     order: list[str] = []
     if start is not None:
         ts = sampling_timesteps(schedule, None, "trailing", start)
-        if len(ts) != steps or ts[0] != T - 1:
-            raise SettingsError("start", f"must be {steps} timesteps starting at {T - 1}")
+        if len(ts) != steps or ts[0] != T - 1 or (end_at_zero and ts[-1] != 0):
+            end = " and ending at 0" if end_at_zero else ""
+            raise SettingsError("start", f"must be {steps} timesteps starting at {T - 1}{end}")
         start_name = "given"
         best = objective(ts)
     else:
         for sp in SPACINGS:
             grid = make_timesteps(schedule, steps, sp)
-            if grid[0] == T - 1:  # 'leading' never starts at T-1
+            if grid[0] == T - 1 and (grid[-1] == 0 or not end_at_zero):  # never 'leading'
                 cands[sp] = grid
         for sp, grid in cands.items():
             spacings[sp] = objective(grid)
@@ -317,7 +328,9 @@ def optimise_timesteps(
     first = [ts] + [list(cands[sp]) for sp in order[1:starts]]
     for k, grid in enumerate(first):
         share = (max_evals - len(seen)) // (len(first) - k)  # what is left, split evenly
-        grid, value = _descend(objective, grid, lam, delta0, min_delta, len(seen) + share, seen)
+        stop = len(seen) + share
+        movable = steps - 1 if end_at_zero else steps
+        grid, value = _descend(objective, grid, lam, delta0, min_delta, stop, seen, movable)
         if value < best:
             ts, best = grid, value
         if log is not None:
