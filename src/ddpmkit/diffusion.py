@@ -160,12 +160,14 @@ def split_variance_output(out: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None
     )
 
 
-def interpolated_log_variance(v: Tensor, log_beta: Tensor, log_beta_tilde: Tensor) -> Tensor:
+def interpolated_log_variance(
+    v: Tensor, log_beta: Tensor | float, log_beta_tilde: Tensor | float
+) -> Tensor:
     """improved DDPM Eq. 15: log Sigma = frac log beta_t + (1 - frac) log beta~_t,
     frac = (v + 1) / 2, so v = 1 gives beta_t and v = -1 gives beta~_t.
 
     v is used as the network returns it, not clamped (as improved-diffusion's learned_range);
-    arguments broadcast.
+    arguments broadcast (the ends may be Python floats, a sampler's step).
     """
     frac = (v + 1.0) / 2.0
     return frac * log_beta + (1.0 - frac) * log_beta_tilde
