@@ -83,6 +83,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="classifier-free guidance scale (default: the model's sample.guidance)",
     )
+    p.add_argument(
+        "--guidance-interval",
+        default=None,
+        metavar="LO,HI",
+        help="guide only at noise levels sigma in (LO, HI]; 'all' = every step "
+        "(default: the model's sample.guidance_interval)",
+    )
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA")
     p.add_argument("--seed", type=int, default=None, help="sample i uses seed + i (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="sampling/feature batch size")

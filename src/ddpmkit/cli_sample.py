@@ -77,6 +77,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="classifier-free guidance scale w (default: the run's)",
     )
     p.add_argument(
+        "--guidance-interval",
+        default=None,
+        metavar="LO,HI",
+        help="guide only at noise levels sigma in (LO, HI] (sigma_t = sqrt((1 - abar_t) / "
+        "abar_t); Kynkaanniemi et al. 2024); 'all' = every step (default: the run's)",
+    )
+    p.add_argument(
         "--label",
         action="append",
         default=None,
@@ -214,6 +221,7 @@ def _sample(
         spacing=args.spacing,
         timesteps=timesteps,
         guidance=args.guidance,
+        guidance_interval=args.guidance_interval,
         eta=args.eta,
         seed=args.seed,
         batch_size=args.batch_size,

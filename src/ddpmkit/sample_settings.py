@@ -3,10 +3,10 @@
 :class:`SampleSettings` owns the sampler defaults that every path used to restate
 (``ddpm sample``, ``ddpm eval``, ``ddpm plot reverse``, the training previews): the sampler,
 its number of steps and spacing (or an explicit ``timesteps`` grid), the classifier-free
-guidance scale and eta. A run's ``[sample]`` section is the default of every path that samples
-it (:meth:`SampleSettings.from_section`); flags override single fields
-(:meth:`SampleSettings.override`), and :meth:`SampleSettings.describe` is the log line that
-says what was used and where it came from.
+guidance scale (and the noise interval it applies in) and eta. A run's ``[sample]`` section is
+the default of every path that samples it (:meth:`SampleSettings.from_section`); flags
+override single fields (:meth:`SampleSettings.override`), and
+:meth:`SampleSettings.describe` is the log line that says what was used and where it came from.
 
 :func:`draw` runs a sampler over batches with one seed per sample, so sample i is the same
 whatever the batch size or the number drawn (its initial noise and, for stochastic samplers,
@@ -16,6 +16,7 @@ clipping of the data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
@@ -35,6 +36,7 @@ from ddpmkit.sampling import (
     initial_noise,
     sampling_timesteps,
 )
+from ddpmkit.sampling_core import Guidance
 from ddpmkit.schedule import NoiseSchedule
 
 __all__ = ["SampleSettings", "SettingsError", "check_eta", "draw"]
@@ -56,6 +58,9 @@ class SampleSettings:
 
     ``steps``/``spacing`` None mean the sampler's defaults (``DEFAULT_STEPS``,
     ``DEFAULT_SPACING``); ``timesteps`` (strictly decreasing indices in [0, T)) replaces both.
+    ``guidance_interval`` (sigma_lo, sigma_hi): guide only at steps whose noise level
+    sigma_t = sqrt((1 - abar_t) / abar_t) lies in (sigma_lo, sigma_hi] (Kynkaanniemi et al.
+    2024; :class:`~ddpmkit.sampling_core.Guidance`); None = every step.
     ``origin`` is prose for the log line: where the values came from.
     """
 
@@ -64,6 +69,7 @@ class SampleSettings:
     spacing: str | None = None
     timesteps: tuple[int, ...] | None = None
     guidance: float = 1.0
+    guidance_interval: tuple[float, float] | None = None
     eta: float = 0.0
     origin: str = "ddpmkit's defaults"
 
@@ -77,6 +83,7 @@ class SampleSettings:
             steps=int(section["steps"]) if section.get("steps") else None,
             spacing=str(section["spacing"]) if section.get("spacing") else None,
             guidance=float(section.get("guidance", 1.0)),
+            guidance_interval=_interval(section.get("guidance_interval")),
             eta=float(section.get("eta", 0.0)),
             origin="the run's [sample] section",
         )
@@ -98,6 +105,8 @@ class SampleSettings:
             new = replace(new, steps=None, spacing=None, timesteps=None)
         if "steps" in given or "spacing" in given:
             new = replace(new, timesteps=None)
+        if "guidance_interval" in given:
+            given["guidance_interval"] = _interval(given["guidance_interval"])
         if "timesteps" in given:
             given["timesteps"] = tuple(int(t) for t in given["timesteps"])
             new = replace(new, steps=None, spacing=None)
@@ -116,6 +125,12 @@ class SampleSettings:
             raise SettingsError(
                 "guidance", f"{self.guidance} needs a class-conditional model; this one is not"
             )
+        if self.guidance_interval is not None:
+            lo, hi = self.guidance_interval
+            if not 0.0 <= lo < hi:
+                raise SettingsError(
+                    "guidance_interval", f"need 0 <= sigma_lo < sigma_hi, got ({lo:g}, {hi:g}]"
+                )
         T = schedule.num_steps
         if self.timesteps is not None:
             try:
@@ -134,6 +149,12 @@ class SampleSettings:
             )
         return replace(self, steps=steps, spacing=spacing)
 
+    def guidance_scale(self) -> float | Guidance:
+        """What the samplers' ``guidance_scale`` takes: w, or w in the noise interval."""
+        if self.guidance_interval is None:
+            return self.guidance
+        return Guidance(self.guidance, *self.guidance_interval)
+
     def describe(self) -> str:
         """One line: what a sampling call uses and where the values came from."""
         grid = (
@@ -141,7 +162,11 @@ class SampleSettings:
             if self.timesteps is not None
             else f"{self.steps or 'default'} {self.spacing or 'default'} steps"
         )
-        parts = [self.sampler, grid, f"guidance {self.guidance:g}"]
+        guide = f"guidance {self.guidance:g}"
+        if self.guidance_interval is not None and self.guidance != 1.0:
+            lo, hi = self.guidance_interval
+            guide += f" at sigma in ({lo:g}, {hi:g}]"
+        parts = [self.sampler, grid, guide]
         if self.sampler in STOCHASTIC_ETA:
             parts.append(f"eta {self.eta:g}")
         return f"{', '.join(parts)} ({self.origin})"
@@ -154,6 +179,8 @@ class SampleSettings:
             "spacing": self.spacing,
             "guidance": self.guidance,
         }
+        if self.guidance_interval is not None:
+            d["guidance_interval"] = list(self.guidance_interval)
         if self.timesteps is not None:
             d["timesteps"] = list(self.timesteps)
         if self.sampler in STOCHASTIC_ETA:
@@ -212,7 +239,7 @@ def draw(
                 sched,
                 x_T,
                 y=None if labels is None else labels[lo:hi].to(device),
-                guidance_scale=settings.guidance,
+                guidance_scale=settings.guidance_scale(),
                 seeds=seeds,
                 callback=callback,
                 prediction=prediction,
@@ -222,3 +249,25 @@ def draw(
         if log is not None:
             log(f"sampled {hi}/{num}")
     return torch.cat(chunks)
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    """A guidance interval from a config value or flag: [lo, hi] / "lo,hi" -> (lo, hi);
+    "all", [] or None -> None (every step)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("all", "")):
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        vals = tuple(math.inf if str(v).strip().lower() == "inf" else float(v) for v in value)
+    except (TypeError, ValueError):
+        raise SettingsError(
+            "guidance_interval", f"{value!r} is not two numbers sigma_lo,sigma_hi (or 'all')"
+        ) from None
+    if len(vals) == 0:
+        return None
+    if len(vals) != 2:
+        raise SettingsError(
+            "guidance_interval", f"needs two numbers sigma_lo,sigma_hi, got {len(vals)}"
+        )
+    return (vals[0], vals[1])

@@ -145,6 +145,7 @@ class TrainedModel:
         spacing: str | None = None,
         timesteps: Sequence[int] | None = None,
         guidance: float | None = None,
+        guidance_interval: Sequence[float] | str | None = None,
         eta: float | None = None,
         seed: int = 0,
         batch_size: int = 256,
@@ -170,6 +171,7 @@ class TrainedModel:
             spacing=spacing,
             timesteps=timesteps,
             guidance=guidance,
+            guidance_interval=guidance_interval,
             eta=eta,
         )
         y: Tensor | None

@@ -57,6 +57,9 @@ class EvalOptions:
     eta: float | None = None
     # Classifier-free guidance scale. None: the model's sample.guidance, else 1.
     guidance: float | None = None
+    # Guide only at noise levels sigma in (lo, hi] ("lo,hi", or "all" = every step). None: the
+    # model's sample.guidance_interval.
+    guidance_interval: str | None = None
     # Sample with the raw weights instead of the EMA.
     raw: bool = False
     # Sample i uses seed + i. None: 0.

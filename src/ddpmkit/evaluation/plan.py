@@ -50,7 +50,16 @@ SINGLE_SPLIT = ("digits", "folder")  # one split: "test" and "train" are the sam
 MIN_SAMPLES = 4  # covariance needs 2, precision/recall with k = 3 needs 4
 PR_K = 3
 SUBSET_SEED = 0  # seeded subsets of reference/train sets (--ref-num, precision/recall, floors)
-MODEL_ONLY = ("sampler", "steps", "spacing", "eta", "guidance", "seed", "bpd_images")
+MODEL_ONLY = (
+    "sampler",
+    "steps",
+    "spacing",
+    "eta",
+    "guidance",
+    "guidance_interval",
+    "seed",
+    "bpd_images",
+)
 
 
 @dataclass

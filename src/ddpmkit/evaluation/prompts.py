@@ -185,6 +185,7 @@ def _draw(model: Any, cases: Sequence[PromptCase], per: int, opts: EvalOptions) 
         steps=opts.steps,
         spacing=opts.spacing,
         guidance=opts.guidance,
+        guidance_interval=opts.guidance_interval,
         eta=opts.eta,
         seed=opts.seed or 0,
         batch_size=opts.batch_size,
@@ -330,7 +331,7 @@ def evaluate_prompts(
     report["metric_info"] = info
     s_ = model.resolve_settings(
         sampler=opts.sampler, steps=opts.steps, spacing=opts.spacing, guidance=opts.guidance,
-        eta=opts.eta,
+        guidance_interval=opts.guidance_interval, eta=opts.eta,
     )  # fmt: skip
     num = sum(int(v.shape[0]) for v in drawn.values())
     report["depends_on"] = (

@@ -40,6 +40,7 @@ def draw_samples(
         steps=opts.steps,
         spacing=opts.spacing,
         guidance=opts.guidance,
+        guidance_interval=opts.guidance_interval,
         eta=opts.eta,
     )
     labels = model.labels_for(num)  # class-balanced: sample i has class i mod K

@@ -192,6 +192,9 @@ class SampleConfig:
     sampler: Sampler = "ddim"  # a key of sampling.SAMPLERS
     steps: int = 50
     guidance: float = 1.0  # classifier-free guidance scale w (1 = plain conditional)
+    # (sigma_lo, sigma_hi): guide only where the noise level sigma_t is in (lo, hi]
+    # (Kynkaanniemi et al. 2024; sample_settings.SampleSettings); () = at every step
+    guidance_interval: tuple[float, ...] = ()
     num: int = 64  # samples in a training-time grid
     spacing: Spacing = "trailing"  # one of sampling.SPACINGS
 
@@ -353,6 +356,11 @@ def validate_config(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"{key}: must be >= 0, got {v}")
     if not 0.0 <= tr.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {tr.ema_decay}")
+    gi = cfg.sample.guidance_interval
+    if gi and not (len(gi) == 2 and 0.0 <= gi[0] < gi[1]):
+        raise ConfigError(
+            f"sample.guidance_interval: need [sigma_lo, sigma_hi] with 0 <= lo < hi, got {list(gi)}"
+        )
     for sr in tr.ema_sigma_rels:
         if not 0.0 < sr < 0.2887:
             raise ConfigError(f"train.ema_sigma_rels: each must be in (0, 0.2887), got {sr}")
