@@ -97,6 +97,10 @@ class UNetConfig:
             (C p^2, H/p, W/p) (``pixel_unshuffle``) before conv_in and the output back
             (``pixel_shuffle``), so the first level works at H/p x W/p with p^2 more input
             channels; 1 = off. Levels' sizes (attention_resolutions) are those after it.
+        coord_channels: two extra input channels (after space-to-depth) holding each pixel's
+            row and column in [-1, 1] (CoordConv, Liu et al. 2018): convolutions and attention
+            without positional encodings know where they are only through the zero padding,
+            and spatial prompts ("a bag to the left of a sandal") need the absolute position.
     """
 
     in_channels: int = 1
@@ -114,6 +118,7 @@ class UNetConfig:
     scale_shift: bool = True
     groups: int = 8
     patch_size: int = 1
+    coord_channels: bool = False
     text_dim: int = 0
     text_conditioning: Conditioning = "add+cross"
     cross_attention_resolutions: tuple[int, ...] | None = None
@@ -304,7 +309,7 @@ class UNet(nn.Module):
         sizes = cfg.level_sizes()
         c_io = cfg.in_channels * cfg.patch_size**2  # channels after space-to-depth
         c_final = (cfg.out_channels or cfg.in_channels) * cfg.patch_size**2  # conv_out
-        self.conv_in = nn.Conv2d(c_io, base, 3, padding=1)
+        self.conv_in = nn.Conv2d(c_io + (2 if cfg.coord_channels else 0), base, 3, padding=1)
         self.down = nn.ModuleList()
         skips = [base]
         ch = base
@@ -359,7 +364,10 @@ class UNet(nn.Module):
         elif text is not None:
             raise ValueError("text given to a U-Net without text conditioning (model.text_dim = 0)")
         p = self.cfg.patch_size
-        h = self.conv_in(F.pixel_unshuffle(x, p) if p > 1 else x)
+        h = F.pixel_unshuffle(x, p) if p > 1 else x
+        if self.cfg.coord_channels:
+            h = torch.cat([h, _coords(h)], dim=1)
+        h = self.conv_in(h)
         ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
         hs = [h]
         for mod in self.down:
@@ -446,3 +454,11 @@ def _cat_level(
     mask: Tensor | None = None,
 ) -> Tensor:
     return mod(torch.cat([h, skip], dim=1), emb, tokens, mask)
+
+
+def _coords(h: Tensor) -> Tensor:
+    """(B, 2, H, W): each pixel's row and column, linearly in [-1, 1], in h's dtype and format."""
+    b, _, hh, ww = h.shape
+    rows = torch.linspace(-1.0, 1.0, hh, device=h.device, dtype=h.dtype).view(1, 1, hh, 1)
+    cols = torch.linspace(-1.0, 1.0, ww, device=h.device, dtype=h.dtype).view(1, 1, 1, ww)
+    return torch.cat([rows.expand(b, 1, hh, ww), cols.expand(b, 1, hh, ww)], dim=1)

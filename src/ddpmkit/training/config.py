@@ -60,6 +60,7 @@ class UNetSection:
     scale_shift: bool = True  # FiLM-style time conditioning in ResBlocks (improved-diffusion)
     groups: int = 8  # GroupNorm groups
     patch_size: int = 1  # space-to-depth: the U-Net works on (C p^2, H/p, W/p); 1 = off
+    coord_channels: bool = False  # 2 input channels with the pixel's (row, column) in [-1, 1]
     checkpointing: bool = False  # U-Net activation checkpointing: less memory, ~30% more time
     # text (captioned data): how the prompt enters ("add" pooled, "cross" tokens, "add+cross")
     text_conditioning: Conditioning = "add+cross"
