@@ -486,7 +486,11 @@ def test_learned_run_trains_samples_and_evaluates(
     for sampler, steps in (("ddpm", "10"), ("ddim", "4"), ("unipc", "4")):
         out = tmp_path / sampler
         args = ["sample", str(run), "--sampler", sampler, "--steps", steps, "--num", "4"]
+        capsys.readouterr()
         assert main([*args, "--label", "3", "--guidance", "2", "--out", str(out)]) == 0
+        # the settings line says when the learned variances are used (ddpm only)
+        said = "learned variances" in capsys.readouterr().err.splitlines()[0]
+        assert said == (sampler == "ddpm"), sampler
         z = np.load(out / "samples.npz")
         assert z["images"].shape == (4, 1, 8, 8) and z["images"].dtype == np.uint8
     ev = tmp_path / "ev"

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ddpmkit.sampling_core import (
     Callback,
+    Guidance,
     StepInfo,
     _abar,
     _check_x,
@@ -42,7 +43,7 @@ def _x0(
     x: Tensor,
     t: int,
     y: Tensor | None,
-    guidance_scale: float,
+    guidance_scale: float | Guidance,
     prediction: str,
     clip_x0: float | None,
 ) -> Tensor:
@@ -61,7 +62,7 @@ def dpm_solver_pp_3m_sample(
     *,
     num_steps: int | None = 10,
     y: Tensor | None = None,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | Guidance = 1.0,
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | None = None,
     callback: Callback | None = None,
@@ -234,7 +235,7 @@ def unipc_sample(
     *,
     num_steps: int | None = 10,
     y: Tensor | None = None,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | Guidance = 1.0,
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | None = None,
     callback: Callback | None = None,
@@ -335,7 +336,7 @@ def heun_sample(
     *,
     num_steps: int | None = 10,
     y: Tensor | None = None,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | Guidance = 1.0,
     generator: torch.Generator | None = None,
     seeds: Sequence[int] | None = None,
     callback: Callback | None = None,

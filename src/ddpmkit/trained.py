@@ -186,7 +186,10 @@ class TrainedModel:
         else:
             y = labels if isinstance(labels, Tensor) else self.labels_for(num, labels)
         if log is not None:
-            log(f"sampling {num}: {settings.describe()}")
+            variance = ""
+            if self.config.diffusion.learn_sigma and settings.sampler == "ddpm":
+                variance = "; the network's learned variances"  # the ODE solvers ignore them
+            log(f"sampling {num}: {settings.describe()}{variance}")
         x = draw(
             self.network,
             self.schedule,
