@@ -117,3 +117,33 @@ def test_an_average_missing_on_resume_restarts_and_says_so(tmp_path: Path) -> No
     train(cfg, resume=True, progress=False, log=lines.append)
     assert any("sigma_rel 0.05" in s and "restarts" in s for s in lines), lines
     assert ddpmkit.load(folder).sample(2, seed=0).shape == (2, 2)
+
+
+def test_the_runs_own_average_can_be_a_power_ema_and_resumes_exactly(tmp_path: Path) -> None:
+    # train.ema_sigma_rel = 0.1: the run's model/ is the power EMA that the callback also keeps
+    # for ema_sigma_rels = [0.1] (two copies of one average, updated by different paths).
+    n = 8
+
+    def cfg(name: str):  # noqa: ANN202
+        out = (tmp_path / name).as_posix()
+        extra = [*TINY[:-1], "train.ema_sigma_rels=[0.1]", "train.ema_sigma_rel=0.1"]
+        return load_config("moons", [*extra, f'out_dir="{out}"', f"train.steps={n}"])
+
+    train(cfg("full"), progress=False, log=lambda s: None)
+    half = cfg("half")
+    train(half, progress=False, log=lambda s: None, stop_after=n // 2)
+    train(half, resume=True, progress=False, log=lambda s: None)
+    own = ddpmkit.load(tmp_path / "full").network.state_dict()
+    side = ddpmkit.load(power_ema_dir(tmp_path / "full", 0.1)).network.state_dict()
+    resumed = ddpmkit.load(tmp_path / "half").network.state_dict()
+    for k in own:
+        assert torch.allclose(own[k], side[k], atol=1e-6), k
+        assert torch.equal(own[k], resumed[k]), k
+    classic = load_config(
+        "moons", [*TINY[:-1], f'out_dir="{(tmp_path / "c").as_posix()}"', f"train.steps={n}"]
+    )
+    train(classic, progress=False, log=lambda s: None)
+    other = ddpmkit.load(tmp_path / "c").network.state_dict()
+    assert any(not torch.allclose(own[k], other[k]) for k in own)
+    with pytest.raises(ConfigError, match="ema_sigma_rel"):
+        load_config("moons", ["train.ema_sigma_rel=0.3"])

@@ -165,6 +165,9 @@ class TrainConfig:
     # extra power-function EMAs (EDM2), one per relative length sigma_rel in (0, 0.2887), kept
     # beside the EMA above and written to <run>/model_ema/sigma_rel_X/ (training/power_ema.py)
     ema_sigma_rels: tuple[float, ...] = ()
+    # > 0: the run's own average (checkpoints, <run>/model/) is the power-function EMA of this
+    # relative length instead of the classic EMA of ema_decay/ema_warmup (EDM2; power_ema.py)
+    ema_sigma_rel: float = 0.0
     cfg_dropout: float = 0.1  # probability of replacing a label by the null class
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast
@@ -361,6 +364,11 @@ def validate_config(cfg: RunConfig) -> RunConfig:
     if gi and not (len(gi) == 2 and 0.0 <= gi[0] < gi[1]):
         raise ConfigError(
             f"sample.guidance_interval: need [sigma_lo, sigma_hi] with 0 <= lo < hi, got {list(gi)}"
+        )
+    if not 0.0 <= tr.ema_sigma_rel < 0.2887:
+        raise ConfigError(
+            f"train.ema_sigma_rel: must be in [0, 0.2887) (0 = the classic EMA), got "
+            f"{tr.ema_sigma_rel}"
         )
     for sr in tr.ema_sigma_rels:
         if not 0.0 < sr < 0.2887:

@@ -18,7 +18,9 @@ standard deviation of the weight profile p(s) proportional to s^gamma on [0, t],
 value beside the run's classic EMA, and writes each as a standalone model folder
 ``<run>/model_ema/sigma_rel_0.100/`` (``ddpmkit.load`` and ``ddpm eval`` read it), at every
 checkpoint and at the end. Which length is best is then measured on the trained run (post-hoc
-selection, as EDM2 does) instead of guessed before it.
+selection, as EDM2 does) instead of guessed before it. ``train.ema_sigma_rel > 0`` makes the
+run's own average (checkpoints' ``ema.safetensors`` and ``<run>/model/``) a :class:`PowerEMA`
+of that length instead of the classic EMA of ``train.ema_decay``.
 """
 
 from __future__ import annotations
@@ -86,8 +88,14 @@ class PowerEMA:
         """EDM2 eq. 2: the decay of update number t (1-based)."""
         return (1.0 - 1.0 / t) ** (self.gamma + 1.0)
 
+    def current_decay(self) -> float:
+        """The decay the next update uses (as :meth:`EMA.current_decay`)."""
+        return self.beta(self.num_updates + 1)
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, weight: Tensor | None = None) -> None:
+        """One step of EDM2 eq. 2; ``weight`` (0-d tensor, 1 = update, 0 = stay) as
+        :meth:`ddpmkit.training.ema.EMA.update` takes it."""
         b = self.beta(self.num_updates + 1)
         ema: list[Tensor] = list(self.model.parameters())
         cur: list[Tensor] = [p.detach() for p in model.parameters()]
@@ -97,11 +105,18 @@ class PowerEMA:
                 cur.append(b_cur.detach())
             else:
                 b_ema.copy_(b_cur)
-        torch._foreach_lerp_(ema, cur, 1.0 - b)
+        if weight is None:
+            torch._foreach_lerp_(ema, cur, 1.0 - b)
+        else:  # a 0-d tensor weight: supported by torch, not by its type stubs
+            torch._foreach_lerp_(ema, cur, weight * (1.0 - b))  # type: ignore[call-overload]
         self.num_updates += 1
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor], num_updates: int) -> None:
+        self.model.load_state_dict(state)
+        self.num_updates = num_updates
 
 
 class PowerEMAs(Callback):

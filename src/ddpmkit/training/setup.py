@@ -33,6 +33,7 @@ from ddpmkit.training.build import (
 from ddpmkit.training.config import RunConfig
 from ddpmkit.training.distributed import DistInfo, init_distributed
 from ddpmkit.training.ema import EMA
+from ddpmkit.training.power_ema import PowerEMA
 from ddpmkit.version import __version__
 
 __all__ = ["RunSetup", "build_run", "prepare_run_dir"]
@@ -50,7 +51,7 @@ class RunSetup:
     sched_dev: NoiseSchedule
     model: nn.Module
     net: nn.Module
-    ema: EMA
+    ema: EMA | PowerEMA
     opt: torch.optim.Optimizer
     gen: torch.Generator
     cpath: ComputePath
@@ -159,7 +160,7 @@ def _restore(
     loaded: ckpt.LoadedCheckpoint,
     cfg: RunConfig,
     data: TrainData,
-    parts: tuple[nn.Module, EMA, torch.optim.Optimizer, torch.Generator],
+    parts: tuple[nn.Module, EMA | PowerEMA, torch.optim.Optimizer, torch.Generator],
     dist: DistInfo,
 ) -> int:
     """Weights, EMA, optimizer and RNG states from ``loaded``; returns its step."""
@@ -214,7 +215,11 @@ def build_run(cfg: RunConfig, *, resume: bool, log: Callable[[str], None]) -> Ru
     if cpath.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     preflight(model, data, device, cfg.diffusion.learn_sigma)
-    ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
+    ema: EMA | PowerEMA
+    if cfg.train.ema_sigma_rel > 0:  # EDM2's power-function average of that relative length
+        ema = PowerEMA(model, cfg.train.ema_sigma_rel)
+    else:
+        ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     sync_free = use_sync_free(cfg, device)
     opt = torch.optim.AdamW(
         model.parameters(),
