@@ -1,8 +1,8 @@
 """The model API: ``ddpmkit.load(run).sample(...)``, and ``ddpm sample`` going through it.
 
 A tiny class-conditional U-Net on the 8x8 digits (the fashion preset's [sample] section:
-DPM-Solver++, log-SNR spacing, guidance 2) and a tiny s_curve MLP (its preset samples with
-ancestral DDPM) are trained for real; every assertion compares sampled values.
+DPM-Solver++, log-SNR spacing, guidance 3 in a noise interval) and a tiny s_curve MLP (its
+preset samples with ancestral DDPM) are trained for real; every assertion compares sampled values.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def test_load_exposes_network_schedule_config_and_names(img_run: Path) -> None:
     assert model.schedule.num_steps == 100
     assert not model.network.training  # eval mode
     s = model.settings  # the run's [sample] section (fashion preset, steps/num overridden)
-    assert (s.sampler, s.steps, s.spacing, s.guidance) == ("dpmpp", 5, "logsnr", 2.0)
+    assert (s.sampler, s.steps, s.spacing, s.guidance) == ("dpmpp", 5, "logsnr", 3.0)
+    assert s.guidance_interval == (0.28, 5.42)
     assert s.origin == "the run's [sample] section"
 
 
@@ -75,7 +76,10 @@ def test_sample_forms_and_the_run_defaults(img_run: Path) -> None:
     assert float(x.abs().max()) <= 1.0 + 1e-6  # images: x0 clipped to [-1, 1]
     assert np.array_equal(u8, to_uint8(x).permute(0, 2, 3, 1).numpy())
     # the defaults are the run's own: naming them changes nothing, another guidance does
-    named = model.sample(4, seed=1, sampler="dpmpp", steps=5, spacing="logsnr", guidance=2.0)
+    named = model.sample(
+        4, seed=1, sampler="dpmpp", steps=5, spacing="logsnr", guidance=3.0,
+        guidance_interval=(0.28, 5.42),
+    )  # fmt: skip
     assert np.array_equal(u8, named)
     assert not np.array_equal(u8, model.sample(4, seed=1, guidance=1.0))
 
@@ -135,12 +139,15 @@ def test_ddpm_sample_without_flags_uses_the_runs_sample_section(
     assert main(["sample", str(img_run), "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
     assert (
-        "sampling 12: dpmpp, 5 logsnr steps, guidance 2, eta 0 (the run's [sample] section)" in err
+        "sampling 12: dpmpp, 5 logsnr steps, guidance 3 at sigma in (0.28, 5.42], eta 0 "
+        "(the run's [sample] section)" in err
     )
     z = np.load(tmp_path / "a" / "samples.npz")
     assert z["images"].shape == (12, 1, 8, 8)  # sample.num
     assert z["labels"].tolist() == [i % 10 for i in range(12)]
-    want = ddpmkit.load(img_run).sample(12, sampler="dpmpp", steps=5, guidance=2.0)
+    want = ddpmkit.load(img_run).sample(
+        12, sampler="dpmpp", steps=5, guidance=3.0, guidance_interval=(0.28, 5.42)
+    )
     assert np.array_equal(z["images"], np.asarray(want).transpose(0, 3, 1, 2))
     # a flag overrides one setting and the log line says so
     assert main(["sample", str(img_run), "--guidance", "1", "--out", str(tmp_path / "b")]) == 0

@@ -132,7 +132,8 @@ def test_checkpoint_end_to_end(
     s = report["samples"]
     assert (s["num"], s["sampler"], s["steps"], s["weights"]) == (20, "ddim", 5, "EMA")
     assert s["spacing"] == "trailing" and "class-balanced" in s["labels"]
-    assert s["guidance"] == 2.0  # not given: the model's own sample.guidance (fashion preset)
+    assert s["guidance"] == 3.0  # not given: the model's own sample.guidance (fashion preset)
+    assert s["guidance_interval"] == [0.28, 5.42]  # and its noise interval
     ref = report["reference"]
     assert (ref["dataset"], ref["split"], ref["size"]) == ("digits", "only", 1797)
     assert report["reference_cache"] == "miss"
