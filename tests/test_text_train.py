@@ -82,9 +82,14 @@ def test_seeds_and_guidance_with_the_empty_prompt(run: Path) -> None:
     cond = m.sample(2, prompts=[CAPTIONS[2]], guidance=1.0, **kw)
     g1 = m.sample(2, prompts=[CAPTIONS[2]], guidance=1.0 + 0.0, **kw)
     empty = m.sample(2, prompts=[""], guidance=1.0, **kw)
-    g0 = m.sample(2, prompts=[CAPTIONS[2]], guidance=0.0, **kw)
+    # w = 0 at every step is the unconditional model (the fashion preset's [sample] guides only
+    # in a noise interval, so "all" asks for every step)
+    g0 = m.sample(2, prompts=[CAPTIONS[2]], guidance=0.0, guidance_interval="all", **kw)
     torch.testing.assert_close(g1, cond)
     torch.testing.assert_close(g0, empty, atol=1e-5, rtol=0)
+    # with the run's interval, w = 0 applies at its steps only: not the unconditional model
+    g0_interval = m.sample(2, prompts=[CAPTIONS[2]], guidance=0.0, **kw)
+    assert not torch.allclose(g0_interval, empty, atol=1e-5)
     assert not torch.allclose(cond, empty)
     with pytest.raises(SettingsError, match="give prompts"):
         m.sample(1, labels=[0])

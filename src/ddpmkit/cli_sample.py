@@ -74,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--guidance",
         type=float,
         default=None,
-        help="classifier-free guidance scale w (default: the run's)",
+        help="classifier-free guidance scale w (default: the run's), applied in the run's "
+        "--guidance-interval if it has one",
     )
     p.add_argument(
         "--guidance-interval",
