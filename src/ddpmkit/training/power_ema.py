@@ -25,18 +25,17 @@ of that length instead of the classic EMA of ``train.ema_decay``.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
 from ddpmkit.errors import CheckpointError
 from ddpmkit.training import checkpoint as ckpt
 from ddpmkit.training.build import load_weights
 from ddpmkit.training.callbacks import Callback
+from ddpmkit.training.ema import EMA
 
 if TYPE_CHECKING:
     from ddpmkit.training.trainer import Trainer
@@ -73,50 +72,22 @@ def power_ema_dir(run_dir: Path, sigma_rel: float) -> Path:
     return Path(run_dir) / "model_ema" / f"sigma_rel_{sigma_rel:.3f}"
 
 
-class PowerEMA:
-    """One power-function average of a network's floating-point parameters and buffers."""
+class PowerEMA(EMA):
+    """One power-function average of a network's floating-point parameters and buffers: the
+    classic :class:`~ddpmkit.training.ema.EMA` update with the decay of EDM2 eq. 2."""
 
     def __init__(self, model: nn.Module, sigma_rel: float):
+        super().__init__(model, decay=0.0, warmup=0)
         self.sigma_rel = sigma_rel
         self.gamma = gamma_from_sigma_rel(sigma_rel)
-        self.num_updates = 0
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
 
     def beta(self, t: int) -> float:
         """EDM2 eq. 2: the decay of update number t (1-based)."""
         return (1.0 - 1.0 / t) ** (self.gamma + 1.0)
 
     def current_decay(self) -> float:
-        """The decay the next update uses (as :meth:`EMA.current_decay`)."""
+        """The decay the next update uses: beta of its (1-based) number."""
         return self.beta(self.num_updates + 1)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, weight: Tensor | None = None) -> None:
-        """One step of EDM2 eq. 2; ``weight`` (0-d tensor, 1 = update, 0 = stay) as
-        :meth:`ddpmkit.training.ema.EMA.update` takes it."""
-        b = self.beta(self.num_updates + 1)
-        ema: list[Tensor] = list(self.model.parameters())
-        cur: list[Tensor] = [p.detach() for p in model.parameters()]
-        for b_ema, b_cur in zip(self.model.buffers(), model.buffers(), strict=True):
-            if b_ema.is_floating_point():
-                ema.append(b_ema)
-                cur.append(b_cur.detach())
-            else:
-                b_ema.copy_(b_cur)
-        if weight is None:
-            torch._foreach_lerp_(ema, cur, 1.0 - b)
-        else:  # a 0-d tensor weight: supported by torch, not by its type stubs
-            torch._foreach_lerp_(ema, cur, weight * (1.0 - b))  # type: ignore[call-overload]
-        self.num_updates += 1
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {k: v.detach() for k, v in self.model.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, Tensor], num_updates: int) -> None:
-        self.model.load_state_dict(state)
-        self.num_updates = num_updates
 
 
 class PowerEMAs(Callback):

@@ -51,7 +51,7 @@ class RunSetup:
     sched_dev: NoiseSchedule
     model: nn.Module
     net: nn.Module
-    ema: EMA | PowerEMA
+    ema: EMA
     opt: torch.optim.Optimizer
     gen: torch.Generator
     cpath: ComputePath
@@ -160,7 +160,7 @@ def _restore(
     loaded: ckpt.LoadedCheckpoint,
     cfg: RunConfig,
     data: TrainData,
-    parts: tuple[nn.Module, EMA | PowerEMA, torch.optim.Optimizer, torch.Generator],
+    parts: tuple[nn.Module, EMA, torch.optim.Optimizer, torch.Generator],
     dist: DistInfo,
 ) -> int:
     """Weights, EMA, optimizer and RNG states from ``loaded``; returns its step."""
@@ -215,7 +215,7 @@ def build_run(cfg: RunConfig, *, resume: bool, log: Callable[[str], None]) -> Ru
     if cpath.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     preflight(model, data, device, cfg.diffusion.learn_sigma)
-    ema: EMA | PowerEMA
+    ema: EMA
     if cfg.train.ema_sigma_rel > 0:  # EDM2's power-function average of that relative length
         ema = PowerEMA(model, cfg.train.ema_sigma_rel)
     else:
