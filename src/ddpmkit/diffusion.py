@@ -35,6 +35,7 @@ __all__ = [
     "eps_from_x0",
     "interpolated_log_variance",
     "learned_log_variance",
+    "lognormal_timestep_probs",
     "loss_weights",
     "model_output_to_eps_x0",
     "q_posterior",
@@ -236,6 +237,32 @@ def sample_timesteps(
     half = batch_size // 2
     t = torch.randint(0, num_steps, (batch_size - half,), generator=generator, device="cpu")
     return torch.cat([t, num_steps - 1 - t[:half]]).to(device)
+
+
+def lognormal_timestep_probs(schedule: NoiseSchedule, p_mean: float, p_std: float) -> Tensor:
+    """The probabilities (T,) of drawing each training t when ln sigma ~ N(p_mean, p_std^2).
+
+    EDM's training noise distribution (Karras et al. 2022, Sec. 5 and Table 1: P_mean = -1.2,
+    P_std = 1.2) on a discrete VP schedule, with sigma_t = sqrt((1 - abar_t) / abar_t) the
+    noise-to-signal ratio of x_t / sqrt(abar_t). A drawn sigma goes to the t whose ln sigma_t
+    is nearest: t gets the normal mass between the midpoints of ln sigma_{t-1}, ln sigma_t and
+    ln sigma_t, ln sigma_{t+1},
+
+        P(t) = Phi((m_t+ - p_mean) / p_std) - Phi((m_t- - p_mean) / p_std),
+
+    with the tails below the first and above the last midpoint going to t = 0 and t = T - 1.
+    Requires ln sigma_t increasing in t (every schedule of ``ddpmkit.schedule`` is).
+    """
+    abar = schedule.alphas_bar.double()
+    log_sigma = 0.5 * (torch.log1p(-abar) - torch.log(abar))
+    mids = 0.5 * (log_sigma[1:] + log_sigma[:-1])
+    normal = torch.distributions.Normal(
+        torch.tensor(p_mean, dtype=torch.float64), torch.tensor(p_std, dtype=torch.float64)
+    )
+    cdf = normal.cdf(mids)
+    upper = torch.cat([cdf, torch.ones(1, dtype=torch.float64)])
+    lower = torch.cat([torch.zeros(1, dtype=torch.float64), cdf])
+    return (upper - lower).clamp(min=0.0)
 
 
 def loss_weights(

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ddpmkit.data.images import to_model_range
+from ddpmkit.diffusion import lognormal_timestep_probs
 from ddpmkit.sampling import NULL_LABEL
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.training.build import TrainData
@@ -51,13 +52,21 @@ class Batcher:
         self.data, self.cfg, self.sched, self.dist = data, cfg, sched, dist
         self.b = cfg.train.batch_size
         self.g = self.b * dist.world_size
+        # EDM's log-normal noise levels as a categorical over t (None: uniform t)
+        self.t_probs: Tensor | None = None
+        if cfg.diffusion.t_sampling == "lognormal":
+            p_mean, p_std = cfg.diffusion.t_lognormal
+            self.t_probs = lognormal_timestep_probs(sched, p_mean, p_std).float()
 
     def draw(
         self, gen: torch.Generator, device: torch.device
     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         data, cfg = self.data, self.cfg
         idx = torch.randint(0, data.x.shape[0], (self.g,), generator=gen)
-        t = torch.randint(0, self.sched.num_steps, (self.g,), generator=gen)
+        if self.t_probs is None:
+            t = torch.randint(0, self.sched.num_steps, (self.g,), generator=gen)
+        else:
+            t = torch.multinomial(self.t_probs, self.g, replacement=True, generator=gen)
         if cfg.diffusion.antithetic:
             half = self.g // 2
             t[self.g - half :] = self.sched.num_steps - 1 - t[:half]

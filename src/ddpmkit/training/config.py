@@ -117,6 +117,10 @@ class DiffusionConfig:
     loss: Literal["mse", "l1"] = "mse"  # l1: seed 000
     min_snr_gamma: float = 0.0  # 0 = off; else min-SNR-gamma weighting (Hang et al. 2023)
     antithetic: bool = False  # seed 002's paired timesteps t and T-1-t
+    # training noise levels: uniform t, or EDM's ln sigma ~ N(mean, std^2) mapped to the nearest
+    # t (t_lognormal = [P_mean, P_std], Karras et al. 2022; diffusion.lognormal_timestep_probs)
+    t_sampling: Literal["uniform", "lognormal"] = "uniform"
+    t_lognormal: tuple[float, float] = (-1.2, 1.2)
     # learned variances (Nichol & Dhariwal 2021): the network also outputs v, the reverse
     # variance interpolates log beta_t and log beta~_t, trained by L_simple + vlb_weight L_vlb
     learn_sigma: bool = False
@@ -402,10 +406,25 @@ def validate_config(cfg: RunConfig) -> RunConfig:
     elif d.betas:
         raise ConfigError("diffusion.betas: only allowed with diffusion.schedule = 'custom'")
     _check_learn_sigma(d)
+    _check_t_sampling(d)
     _check_text(cfg)
     if ".." in Path(cfg.name).parts or "/" in cfg.name or "\\" in cfg.name or not cfg.name:
         raise ConfigError(f"name: {cfg.name!r} must be a plain folder name (no '/' or '..')")
     return cfg
+
+
+def _check_t_sampling(d: DiffusionConfig) -> None:
+    if d.t_sampling == "lognormal":
+        if len(d.t_lognormal) != 2 or not d.t_lognormal[1] > 0:
+            raise ConfigError(
+                "diffusion.t_lognormal: expected [P_mean, P_std] with P_std > 0, got "
+                f"{list(d.t_lognormal)}"
+            )
+        if d.antithetic:
+            raise ConfigError(
+                "diffusion.antithetic: pairs t with T-1-t of a uniform draw; it does not apply "
+                "with diffusion.t_sampling = 'lognormal' (set one of them off)"
+            )
 
 
 def _check_learn_sigma(d: DiffusionConfig) -> None:
