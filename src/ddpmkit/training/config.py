@@ -172,6 +172,10 @@ class TrainConfig:
     # > 0: the run's own average (checkpoints, <run>/model/) is the power-function EMA of this
     # relative length instead of the classic EMA of ema_decay/ema_warmup (EDM2; power_ema.py)
     ema_sigma_rel: float = 0.0
+    # > 0: every N steps (and at the end) also write each average of ema_sigma_rels as a
+    # snapshot, <run>/ema_snapshots/sigma_rel_X/step_*.safetensors, from which `ddpm ema` builds
+    # the average of any length after training (EDM2 post-hoc EMA; posthoc_ema.py); 0 = off
+    ema_snapshot_every: int = 0
     cfg_dropout: float = 0.1  # probability of replacing a label by the null class
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16: autocast
@@ -351,6 +355,7 @@ def validate_config(cfg: RunConfig) -> RunConfig:
         "train.warmup_steps": tr.warmup_steps,
         "train.grad_clip": tr.grad_clip,
         "train.ema_warmup": tr.ema_warmup,
+        "train.ema_snapshot_every": tr.ema_snapshot_every,
         "train.num_threads": tr.num_threads,
         "train.sample_every": tr.sample_every,
         "train.preview_every_min": tr.preview_every_min,
@@ -379,6 +384,11 @@ def validate_config(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"train.ema_sigma_rels: each must be in (0, 0.2887), got {sr}")
     if len(set(tr.ema_sigma_rels)) != len(tr.ema_sigma_rels):
         raise ConfigError(f"train.ema_sigma_rels: values repeat: {tr.ema_sigma_rels}")
+    if tr.ema_snapshot_every > 0 and not tr.ema_sigma_rels:
+        raise ConfigError(
+            "train.ema_snapshot_every: snapshots are of the averages of train.ema_sigma_rels, "
+            "which is empty; set two lengths, e.g. train.ema_sigma_rels = [0.05, 0.10]"
+        )
     if not 0.0 <= tr.cfg_dropout < 1.0:
         raise ConfigError(f"train.cfg_dropout: must be in [0, 1), got {tr.cfg_dropout}")
     if not 0.0 <= u.dropout < 1.0:
