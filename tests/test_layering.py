@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "previews": 7,
     "evaluation": 8,
     "fit": 8,
+    "cli_ema": 9,
     "cli_eval": 9,
     "cli_plot": 9,
     "cli_sample": 9,

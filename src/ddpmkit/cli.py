@@ -3,6 +3,7 @@
     ddpm train [CONFIG] [--set key=value ...] [--out DIR] [--resume]
     ddpm sample RUN_OR_CHECKPOINT [--sampler dpmpp] [--steps 20] [--guidance 2] [--num 80] ...
     ddpm eval ...   ddpm plot ...   ddpm schedule RUN [--sampler unipc] [--steps 10] ...
+    ddpm ema RUN --sigma-rel 0.08 [--step T] [--out DIR]   (post-hoc EMA from snapshots)
 
 A user mistake (bad config, missing dataset, corrupt checkpoint, wrong-shaped input) is one line
 on stderr, ``ddpm: error: ...``, exit status 2, and nothing written. ``DDPMKIT_DEBUG=1`` shows the
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import ddpmkit.cli_ema as cli_ema
 import ddpmkit.cli_eval as cli_eval
 import ddpmkit.cli_plot as cli_plot
 import ddpmkit.cli_sample as cli_sample
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_eval.register(sub)
     cli_plot.register(sub)
     cli_schedule.register(sub)
+    cli_ema.register(sub)
     return parser
 
 
