@@ -1,5 +1,5 @@
-"""Step schedules chosen by measurement (issue 16.2): ``ddpmkit.step_schedule``, ``ddpm schedule``
-and ``ddpm sample --schedule-from``.
+"""Step schedules chosen by measurement (issue 16.2): ``ddpmkit.step_schedule``, the optimiser
+and its file (the command line and a run's ``schedule_file``: tests/test_schedule_file.py).
 
 The optimiser is checked against an independent answer: for Gaussian data x_0 ~ N(mu, s^2) the
 probability-flow ODE has the closed-form solution x_t = a_t mu + sqrt(a_t^2 s^2 + sigma_t^2) z
@@ -12,14 +12,11 @@ the optimised grid must come closer to it than the fixed spacings on noise it ne
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from ddpmkit.cli import main
 from ddpmkit.cli_sample import parse_timesteps
 from ddpmkit.errors import SettingsError
 from ddpmkit.evaluation.oracle import GaussianOracle, MixtureOracle, ring_means
@@ -213,116 +210,3 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, content: str | None, mess
         load_schedule(path, 100)
     assert info.value.as_flag().startswith(f"--schedule-from: {path}")
     assert "\n" not in str(info.value)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sched") / "toy"
-    argv = ["train", "s_curve", "--out", str(out), "--steps", "20", "--no-progress"]
-    sets = ["train.sample_every=0", "train.checkpoint_every=20", "train.batch_size=64"]
-    sets.append("data.num_points=2000")
-    assert main([*argv, *[a for s in sets for a in ("--set", s)]]) == 0
-    return out
-
-
-def _err(capsys: pytest.CaptureFixture[str]) -> str:
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("ddpm: error")]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
-def test_schedule_then_sample_from_it(
-    toy_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "steps_4.json"
-    argv = ["schedule", str(toy_run), "--steps", "4", "--batch", "32", "--reference-steps", "30"]
-    assert main([*argv, "--max-evals", "12", "--out", str(out)]) == 0
-    data = json.loads(out.read_text())
-    # s_curve samples with ddpm, which has no per-sample reference: unipc is optimised instead
-    assert data["sampler"] == "unipc" and data["steps"] == 4 and data["num_train_steps"] == 100
-    assert data["timesteps"][0] == 99 and len(data["timesteps"]) == 4
-    assert data["objective"] <= data["baseline"] and data["evaluations"] <= 12
-    assert data["seed"] == 10_000 and data["batch"] == 32
-    capsys.readouterr()
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert (
-        main(["sample", str(toy_run), "--schedule-from", str(out), "--num", "6", "--out", str(a)])
-        == 0
-    )
-    assert "unipc, 4 given timesteps" in capsys.readouterr().err
-    ts = ",".join(str(t) for t in data["timesteps"])
-    explicit = ["--sampler", "unipc", "--timesteps", ts, "--num", "6", "--out", str(b)]
-    assert main(["sample", str(toy_run), *explicit]) == 0
-    pa, pb = np.load(a / "samples.npz")["points"], np.load(b / "samples.npz")["points"]
-    assert np.array_equal(pa, pb) and np.isfinite(pa).all()
-
-
-def test_default_output_path_is_in_the_run(toy_run: Path) -> None:
-    argv = ["schedule", str(toy_run), "--sampler", "ddim", "--steps", "2", "--batch", "8"]
-    assert main([*argv, "--reference-steps", "20", "--max-evals", "6"]) == 0
-    saved = load_schedule(toy_run / "steps_2.json", 100)
-    assert saved.sampler == "ddim" and len(saved.timesteps) == 2
-    (toy_run / "steps_2.json").unlink()
-
-
-@pytest.mark.parametrize(
-    ("content", "extra", "message"),
-    [
-        (None, [], "--schedule-from: .*missing; run `ddpm schedule"),
-        ("{oops", [], "--schedule-from: .*not valid JSON"),
-        ('{"timesteps": [99, 40, 0], "steps": 5, "sampler": "unipc"}', [], '"steps" is 5'),
-        ('{"timesteps": [99, 0, 40], "sampler": "unipc"}', [], "strictly decreasing"),
-        ('{"timesteps": [99, 40, 0], "sampler": "unipc"}', ["--steps", "3"], "replaces --steps"),
-        ('{"timesteps": [99, 40, 0], "sampler": "unipc"}', ["--sampler", "ddim"], "for unipc"),
-    ],
-)  # fmt: skip
-def test_sample_schedule_from_bad_inputs(
-    toy_run: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    content: str | None,
-    extra: list[str],
-    message: str,
-) -> None:
-    path = tmp_path / "s.json"
-    if content is not None:
-        path.write_text(content)
-    out = tmp_path / "out"
-    argv = ["sample", str(toy_run), "--schedule-from", str(path), "--out", str(out), *extra]
-    assert main(argv) == 2
-    line = _err(capsys)
-    assert re.search(message, line), line
-    assert not out.exists()
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--steps", "0"], r"--steps: must be in \[1, 99\]"),
-        (["--steps", "100"], r"--steps: must be in \[1, 99\]"),
-        (["--steps", "5", "--reference-steps", "5"], r"--reference-steps: must be in \[6, 100\]"),
-        (["--batch", "0"], "--batch: must be >= 1"),
-    ],
-)
-def test_schedule_bad_inputs(
-    toy_run: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    extra: list[str],
-    message: str,
-) -> None:
-    out = tmp_path / "s.json"
-    assert main(["schedule", str(toy_run), "--out", str(out), *extra]) == 2
-    assert re.search(message, _err(capsys))
-    assert not out.exists()
-
-
-def test_schedule_of_a_missing_run_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["schedule", str(tmp_path / "nothing"), "--out", str(tmp_path / "s.json")]) == 2
-    assert "nothing" in _err(capsys)
-    assert not (tmp_path / "s.json").exists()

@@ -75,6 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--spacing", default=None, help="timestep spacing (default logsnr for dpmpp, else trailing)"
     )
     p.add_argument(
+        "--schedule-from",
+        default=None,
+        metavar="FILE",
+        help="a grid written by `ddpm schedule` (JSON): its timesteps and its sampler, instead "
+        "of --steps/--spacing (default: the model's sample.schedule_file, if it names one)",
+    )
+    p.add_argument(
         "--eta", type=float, default=None, help="noise in [0, 1] for ddim and dpmpp (default 0)"
     )
     p.add_argument(

@@ -21,10 +21,10 @@ import torch
 
 from ddpmkit.io import atomic_write, read_json_object
 from ddpmkit.sampling import SAMPLERS
-from ddpmkit.trained import TrainedModel, load
+from ddpmkit.trained import GRID_KEYS, TrainedModel, load
 from ddpmkit.viz.grid import grid_with_row_labels, save_grid, save_images
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "check_schedule_from", "parse_timesteps", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="FILE",
         help="a grid written by `ddpm schedule` (JSON): its timesteps and its sampler, "
-        "instead of --steps/--spacing/--timesteps",
+        "instead of --steps/--spacing/--timesteps (default: the run's [sample] schedule_file, "
+        "if it names one, unless --steps/--spacing/--timesteps are given)",
     )
     p.add_argument(
         "--eta",
@@ -211,16 +212,17 @@ def _sample(
 ) -> torch.Tensor:
     """``n`` samples with the flags' settings (None = the run's own); ``condition`` is
     ``labels=`` or ``prompts=``."""
-    sampler, timesteps = args.sampler, parse_timesteps(args.timesteps)
-    if getattr(args, "schedule_from", None) is not None:
-        sampler, timesteps = _schedule_from(model, args)
+    schedule_from = getattr(args, "schedule_from", None)
+    if schedule_from is not None:
+        check_schedule_from(args)
     x = model.sample(
         n,
         **condition,
-        sampler=sampler,
+        sampler=args.sampler,
         steps=args.steps,
         spacing=args.spacing,
-        timesteps=timesteps,
+        timesteps=parse_timesteps(args.timesteps),
+        schedule_from=schedule_from,
         guidance=args.guidance,
         guidance_interval=args.guidance_interval,
         eta=args.eta,
@@ -233,22 +235,14 @@ def _sample(
     return x
 
 
-def _schedule_from(model: TrainedModel, args: argparse.Namespace) -> tuple[str, list[int]]:
-    """(sampler, timesteps) of ``--schedule-from FILE``, checked against the model and flags."""
+def check_schedule_from(args: argparse.Namespace) -> None:
+    """``--schedule-from`` beside a grid flag is a one-line error naming the flags (the file and
+    a sampler that is not its own are checked by :meth:`TrainedModel.resolve_settings`)."""
     from ddpmkit.errors import UsageError
-    from ddpmkit.step_schedule import load_schedule
 
-    given = [f for f, v in (("--steps", args.steps), ("--spacing", args.spacing),
-                            ("--timesteps", args.timesteps)) if v is not None]  # fmt: skip
+    given = [f"--{k}" for k in GRID_KEYS if getattr(args, k, None) is not None]
     if given:
         raise UsageError(f"--schedule-from: replaces {'/'.join(given)}; give one or the other")
-    grid = load_schedule(args.schedule_from, model.schedule.num_steps)
-    if args.sampler is not None and args.sampler != grid.sampler:
-        raise UsageError(
-            f"--schedule-from: {args.schedule_from} was optimised for {grid.sampler}, not "
-            f"{args.sampler}; drop --sampler or run `ddpm schedule --sampler {args.sampler}`"
-        )
-    return grid.sampler, list(grid.timesteps)
 
 
 def _default_num(model: TrainedModel, grid_by_class: bool) -> int:

@@ -9,8 +9,9 @@ section says (guidance, classes in turn, the data's x_0 clipping), from ``--batc
 noises seeded ``--seed + i`` (default 10,000: not the noises of ``ddpm sample``'s default
 seeds 0, 1, ...). The grid, its objective and that of the best fixed spacing are written as JSON
 (:func:`ddpmkit.step_schedule.save_schedule`). A bad input is one line and nothing is written.
-The run's ``[sample]`` section is not changed: a grid is used only when ``--schedule-from``
-names it.
+The run's ``[sample]`` section is not changed: a grid is used where ``--schedule-from`` names
+it, or where the run's ``[sample] schedule_file`` does; for such a run the default ``--out``
+is that file (its sampler and steps are not read: the section's are the defaults here).
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument(
-        "--out", default=None, help="JSON file to write (default: CHECKPOINT/steps_<N>.json)"
+        "--out",
+        default=None,
+        help="JSON file to write (default: the run's [sample] schedule_file if it names one, "
+        "else CHECKPOINT/steps_<N>.json)",
     )
     p.set_defaults(handler=_run)
 
@@ -102,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         if value < low:
             raise SettingsError(flag, f"must be >= {low}, got {value}")
     model = load(Path(args.checkpoint), raw=args.raw)
-    own = model.settings
+    own = model.run_settings(schedule_file=False)  # the file may not exist yet: we write it
     sampler = args.sampler or (own.sampler if own.sampler in ODE_SAMPLERS else "unipc")
     if args.steps is not None:
         steps = args.steps
@@ -110,7 +114,10 @@ def _run(args: argparse.Namespace) -> int:
         steps = own.steps
     else:
         steps = DEFAULT_STEPS[sampler] or 10
-    out = Path(args.out) if args.out else Path(args.checkpoint) / f"steps_{steps}.json"
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = model.schedule_file or Path(args.checkpoint) / f"steps_{steps}.json"
     T = model.schedule.num_steps
     if not 1 <= steps < T:
         raise SettingsError("steps", f"must be in [1, {T - 1}] for this model, got {steps}")
@@ -154,5 +161,8 @@ def _run(args: argparse.Namespace) -> int:
         f"J = {result.objective:.4g} (best fixed spacing, {result.start_spacing}: "
         f"{result.baseline:.4g}); timesteps {list(result.timesteps)}"
     )
-    log(f"wrote {out}; use it with: ddpm sample {args.checkpoint} --schedule-from {out}")
+    if model.schedule_file is not None and out.resolve() == model.schedule_file.resolve():
+        log(f"wrote {out}, the run's [sample] schedule_file: ddpm sample and eval use it")
+    else:
+        log(f"wrote {out}; use it with: ddpm sample {args.checkpoint} --schedule-from {out}")
     return 0

@@ -61,6 +61,9 @@ class SampleSettings:
     ``guidance_interval`` (sigma_lo, sigma_hi): guide only at steps whose noise level
     sigma_t = sqrt((1 - abar_t) / abar_t) lies in (sigma_lo, sigma_hi] (Kynkaanniemi et al.
     2024; :class:`~ddpmkit.sampling_core.Guidance`); None = every step.
+    ``schedule_file`` names the ``ddpm schedule`` file that ``sampler`` and ``timesteps`` were
+    read from (the log line and reports say it; :func:`ddpmkit.trained.load` reads it); a
+    flag that changes the grid or the sampler drops it.
     ``origin`` is prose for the log line: where the values came from.
     """
 
@@ -71,6 +74,7 @@ class SampleSettings:
     guidance: float = 1.0
     guidance_interval: tuple[float, float] | None = None
     eta: float = 0.0
+    schedule_file: str | None = None
     origin: str = "ddpmkit's defaults"
 
     @classmethod
@@ -92,7 +96,8 @@ class SampleSettings:
         """These settings with the given non-None values replacing theirs.
 
         A new sampler drops steps/spacing that were not given with it: 20 log-SNR steps of
-        DPM-Solver++ are not a sensible grid for DDPM. ``timesteps`` drops steps and spacing.
+        DPM-Solver++ are not a sensible grid for DDPM. ``timesteps`` drops steps and spacing;
+        any of them drops ``schedule_file`` (the grid is no longer the file's).
         """
         given = {k: v for k, v in flags.items() if v is not None}
         unknown = set(given) - {f.name for f in fields(self)}
@@ -102,14 +107,14 @@ class SampleSettings:
             return self
         new = self
         if "sampler" in given and given["sampler"] != self.sampler:
-            new = replace(new, steps=None, spacing=None, timesteps=None)
+            new = replace(new, steps=None, spacing=None, timesteps=None, schedule_file=None)
         if "steps" in given or "spacing" in given:
-            new = replace(new, timesteps=None)
+            new = replace(new, timesteps=None, schedule_file=None)
         if "guidance_interval" in given:
             given["guidance_interval"] = _interval(given["guidance_interval"])
         if "timesteps" in given:
             given["timesteps"] = tuple(int(t) for t in given["timesteps"])
-            new = replace(new, steps=None, spacing=None)
+            new = replace(new, steps=None, spacing=None, schedule_file=None)
         named = ", ".join(sorted(k for k in given if k != "origin"))
         origin = given.pop("origin", f"{self.origin}, with {named} given")
         return replace(new, **given, origin=origin)
@@ -157,11 +162,12 @@ class SampleSettings:
 
     def describe(self) -> str:
         """One line: what a sampling call uses and where the values came from."""
-        grid = (
-            f"{len(self.timesteps)} given timesteps"
-            if self.timesteps is not None
-            else f"{self.steps or 'default'} {self.spacing or 'default'} steps"
-        )
+        if self.timesteps is not None and self.schedule_file is not None:
+            grid = f"{len(self.timesteps)} timesteps from {self.schedule_file}"
+        elif self.timesteps is not None:
+            grid = f"{len(self.timesteps)} given timesteps"
+        else:
+            grid = f"{self.steps or 'default'} {self.spacing or 'default'} steps"
         guide = f"guidance {self.guidance:g}"
         if self.guidance_interval is not None and self.guidance != 1.0:
             lo, hi = self.guidance_interval
@@ -183,6 +189,8 @@ class SampleSettings:
             d["guidance_interval"] = list(self.guidance_interval)
         if self.timesteps is not None:
             d["timesteps"] = list(self.timesteps)
+        if self.schedule_file is not None:
+            d["schedule_file"] = self.schedule_file
         if self.sampler in STOCHASTIC_ETA:
             d["eta"] = self.eta
         return d

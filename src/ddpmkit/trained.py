@@ -11,6 +11,24 @@ class names, and the run's own sampling settings (its ``[sample]`` section), whi
 :meth:`TrainedModel.sample` uses unless a keyword overrides them. ``ddpm sample``, ``ddpm
 eval`` and ``ddpm plot reverse`` all sample through this object, so they share its defaults.
 
+Where the time grid comes from, with a step schedule written by ``ddpm schedule``
+(:mod:`ddpmkit.step_schedule`), first match wins:
+
+1. ``schedule_from=FILE`` (``--schedule-from``): its sampler and timesteps; giving ``steps``,
+   ``spacing`` or ``timesteps`` beside it, or another ``sampler``, is an error (they would
+   contradict the file).
+2. explicit ``steps``/``spacing``/``timesteps``: the grid asked for, with the section's
+   sampler; the run's ``schedule_file`` is not read and the settings line says so.
+3. the run's ``[sample] schedule_file`` (relative: to :attr:`TrainedModel.run_folder`): its
+   sampler and timesteps replace the section's sampler, steps and spacing; a ``sampler``
+   other than the file's drops the file (the grid was optimised for its sampler), the same
+   sampler keeps it.
+4. the section's sampler, steps and spacing.
+
+An explicit grid overrides the run's file instead of clashing with it because the file is a
+default like the rest of ``[sample]``: ``ddpm sample RUN --steps 50`` asks for 50 steps, and
+an error would make the user edit a saved config to get them.
+
 Unlike diffusers' pipelines there is no stateful scheduler: every call is a pure function of
 its arguments, and sample i is a function of ``seed + i`` alone (not of ``num`` or the batch).
 """
@@ -18,7 +36,7 @@ its arguments, and sample i is a function of ``seed + i`` alone (not of ``num`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +53,9 @@ from ddpmkit.training.checkpoint import CheckpointError, _read_tensors, resolve_
 from ddpmkit.training.config import ConfigError, RunConfig
 from ddpmkit.viz.grid import to_uint8
 
-__all__ = ["TrainedModel", "load", "sampling_path"]
+__all__ = ["GRID_KEYS", "TrainedModel", "load", "run_folder", "sampling_path"]
+
+GRID_KEYS = ("steps", "spacing", "timesteps")  # the settings that choose a time grid
 
 
 def sampling_path(meta: dict[str, Any], device: torch.device) -> ComputePath:
@@ -83,16 +103,98 @@ class TrainedModel:
         return len(self.sample_shape) == 3
 
     @property
+    def run_folder(self) -> Path:
+        """The run the weights belong to (:func:`run_folder`): what a relative ``[sample]
+        schedule_file`` is read from."""
+        return run_folder(self.path)
+
+    @property
+    def schedule_file(self) -> Path | None:
+        """The run's ``[sample] schedule_file`` (relative: to :attr:`run_folder`); None if the
+        section names none."""
+        name = (self.meta.get("config", {}).get("sample") or {}).get("schedule_file") or ""
+        if not name:
+            return None
+        p = Path(str(name))
+        return p if p.is_absolute() else self.run_folder / p
+
+    @property
     def settings(self) -> SampleSettings:
-        """The run's own sampling settings (its ``[sample]`` section): every call's defaults."""
-        return SampleSettings.from_section(self.meta.get("config", {}).get("sample"))
+        """The run's own sampling settings (its ``[sample]`` section and the grid of its
+        ``schedule_file``): every call's defaults."""
+        return self.run_settings()
+
+    def run_settings(self, *, schedule_file: bool = True) -> SampleSettings:
+        """The run's ``[sample]`` section; with ``schedule_file`` (default) and a section that
+        names one, the file's sampler and timesteps instead of its sampler, steps and spacing.
+        A missing or bad file is a one-line ``ConfigError`` naming ``sample.schedule_file``."""
+        s = SampleSettings.from_section(self.meta.get("config", {}).get("sample"))
+        path = self.schedule_file
+        if path is None or not schedule_file:
+            return s
+        if not path.is_file():
+            raise ConfigError(
+                f"sample.schedule_file: {path} is missing; write it with `ddpm schedule "
+                f"{self.run_folder} --out {path}`, or choose a grid (--steps, --timesteps or "
+                "--schedule-from) to sample without it"
+            )
+        try:
+            return self._with_grid(s, path)
+        except SettingsError as e:
+            raise ConfigError(f"sample.schedule_file: {e.message}") from None
+
+    def _with_grid(self, settings: SampleSettings, path: Path) -> SampleSettings:
+        """``settings`` with the sampler and timesteps of the ``ddpm schedule`` file
+        ``path``, checked against this model (a ``SettingsError`` of ``schedule_from``)."""
+        from ddpmkit.step_schedule import load_schedule
+
+        grid = load_schedule(path, self.schedule.num_steps)
+        return replace(
+            settings,
+            sampler=grid.sampler,
+            steps=None,
+            spacing=None,
+            timesteps=grid.timesteps,
+            schedule_file=str(path),
+        )
 
     def resolve_settings(
-        self, settings: SampleSettings | None = None, **overrides: Any
+        self,
+        settings: SampleSettings | None = None,
+        *,
+        schedule_from: str | Path | None = None,
+        **overrides: Any,
     ) -> SampleSettings:
         """``settings`` (default: the run's own) with ``overrides`` (None = keep), checked
-        against this model and with steps/spacing filled in."""
-        s = (settings or self.settings).override(**overrides)
+        against this model and with steps/spacing filled in. ``schedule_from`` is a ``ddpm
+        schedule`` file whose sampler and timesteps are used (precedence: module docstring)."""
+        given = {k for k, v in overrides.items() if v is not None}
+        if schedule_from is not None:
+            clash = [k for k in GRID_KEYS if k in given]
+            if clash:
+                raise SettingsError(
+                    "schedule_from", f"replaces {'/'.join(clash)}; give one or the other"
+                )
+            base = self._with_grid(
+                settings or self.run_settings(schedule_file=False), Path(schedule_from)
+            )
+            want = overrides.get("sampler")
+            if want is not None and want != base.sampler:
+                raise SettingsError(
+                    "schedule_from",
+                    f"{schedule_from} was optimised for {base.sampler}, not {want}; give no "
+                    f"sampler, or make a {want} grid with `ddpm schedule RUN --sampler {want}`",
+                )
+            base = replace(base, origin=f"{base.origin}, with schedule_from given")
+        elif settings is None:
+            # an explicit grid replaces the run's file without reading it (module docstring)
+            base = self.run_settings(schedule_file=not any(k in given for k in GRID_KEYS))
+        else:
+            base = settings
+        s = base.override(**overrides)
+        own = self.schedule_file
+        if settings is None and schedule_from is None and own is not None and not s.schedule_file:
+            s = replace(s, origin=f"{s.origin}; its schedule_file {own} not used")
         return s.resolve(self.schedule, conditional=self.num_classes > 0 or self.is_text)
 
     def prompts_for(self, num: int, prompts: Sequence[str] | None = None) -> Tensor:
@@ -144,6 +246,7 @@ class TrainedModel:
         steps: int | None = None,
         spacing: str | None = None,
         timesteps: Sequence[int] | None = None,
+        schedule_from: str | Path | None = None,
         guidance: float | None = None,
         guidance_interval: Sequence[float] | str | None = None,
         eta: float | None = None,
@@ -156,7 +259,9 @@ class TrainedModel:
         """Draw ``num`` samples; sample i depends only on ``seed + i`` and the settings.
 
         Settings left at None are those of ``settings``, by default the run's own
-        (``self.settings``). ``labels``: class indices
+        (``self.settings``; its ``schedule_file`` grid, if it names one). ``schedule_from``: a
+        ``ddpm schedule`` file whose sampler and timesteps to use (precedence: module
+        docstring). ``labels``: class indices
         or names, used in turn (default: every class in turn); a (num,) tensor is used as is.
         ``prompts`` (text models only, instead of labels): used in turn; the empty prompt ""
         samples the unconditional model (the default when none is given).
@@ -170,6 +275,7 @@ class TrainedModel:
             steps=steps,
             spacing=spacing,
             timesteps=timesteps,
+            schedule_from=schedule_from,
             guidance=guidance,
             guidance_interval=guidance_interval,
             eta=eta,
@@ -213,6 +319,18 @@ class TrainedModel:
         if not self.is_image:
             return x.numpy()
         return to_uint8(x).permute(0, 2, 3, 1).numpy()
+
+
+def run_folder(folder: Path) -> Path:
+    """The run a weights folder belongs to: ``<run>`` for ``<run>/checkpoints/step_N``,
+    ``<run>/model_ema/sigma_rel_X`` and ``<run>/model`` (when ``<run>/config.json`` is there);
+    a standalone exported model folder is its own."""
+    folder = Path(folder)
+    if folder.parent.name in ("checkpoints", "model_ema"):
+        return folder.parent.parent
+    if folder.name == "model" and (folder.parent / "config.json").is_file():
+        return folder.parent
+    return folder
 
 
 def load(

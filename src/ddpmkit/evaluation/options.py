@@ -53,6 +53,9 @@ class EvalOptions:
     steps: int | None = None
     # Timestep spacing. None: the model's sample.spacing, else logsnr for dpmpp, trailing else.
     spacing: Spacing | None = None
+    # A `ddpm schedule` file (JSON): its sampler and timesteps instead of steps/spacing. None:
+    # the model's sample.schedule_file if it names one and steps/spacing are not given.
+    schedule_from: str | Path | None = None
     # Noise in [0, 1] of ddim and dpmpp. None: the model's sample.eta, else 0.
     eta: float | None = None
     # Classifier-free guidance scale. None: the model's sample.guidance, else 1.
@@ -107,6 +110,9 @@ class EvalOptions:
             raise ConfigError(f"--bpd-timesteps: must be >= 0, got {self.bpd_timesteps}")
         if self.memorisation < 0:
             raise ConfigError(f"--memorisation: must be >= 0, got {self.memorisation}")
+        grid = [f"--{k}" for k in ("steps", "spacing") if getattr(self, k) is not None]
+        if self.schedule_from is not None and grid:
+            raise ConfigError(f"--schedule-from: replaces {'/'.join(grid)}; give one or the other")
         if self.eta is not None:
             from ddpmkit.sample_settings import check_eta
 

@@ -54,6 +54,7 @@ MODEL_ONLY = (
     "sampler",
     "steps",
     "spacing",
+    "schedule_from",
     "eta",
     "guidance",
     "guidance_interval",

@@ -184,6 +184,7 @@ def _draw(model: Any, cases: Sequence[PromptCase], per: int, opts: EvalOptions) 
         sampler=opts.sampler,
         steps=opts.steps,
         spacing=opts.spacing,
+        schedule_from=opts.schedule_from,
         guidance=opts.guidance,
         guidance_interval=opts.guidance_interval,
         eta=opts.eta,
@@ -331,7 +332,7 @@ def evaluate_prompts(
     report["metric_info"] = info
     s_ = model.resolve_settings(
         sampler=opts.sampler, steps=opts.steps, spacing=opts.spacing, guidance=opts.guidance,
-        guidance_interval=opts.guidance_interval, eta=opts.eta,
+        guidance_interval=opts.guidance_interval, eta=opts.eta, schedule_from=opts.schedule_from,
     )  # fmt: skip
     num = sum(int(v.shape[0]) for v in drawn.values())
     report["depends_on"] = (

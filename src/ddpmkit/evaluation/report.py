@@ -84,7 +84,13 @@ def depends_on(report: dict[str, Any]) -> str:
     else:
         parts.append("weights and sampler unknown (samples given as a file)")
     if s.get("sampler"):
-        sp = f"{s['sampler']} sampler, {s['steps']} steps ({s['spacing']} spacing)"
+        if s.get("schedule_file"):
+            grid = f"timesteps from {s['schedule_file']}"
+        elif s.get("timesteps"):
+            grid = "given timesteps"
+        else:
+            grid = f"{s['spacing']} spacing"
+        sp = f"{s['sampler']} sampler, {s['steps']} steps ({grid})"
         if s.get("guidance", 1.0) != 1.0:
             sp += f", guidance {s['guidance']}"
         parts.append(sp)

@@ -30,8 +30,9 @@ def draw_samples(
     """(samples, labels or None, what was drawn) from the model at ``src.path``.
 
     Images come back as uint8 (N, C, H, W), as a samples file would hold them; 2-D points as
-    float32 (N, D). ``opts`` holds the sampler, steps, spacing, eta, guidance, seed, raw and
-    batch_size options (None = the run's own).
+    float32 (N, D). ``opts`` holds the sampler, steps, spacing, schedule_from, eta, guidance,
+    seed, raw and batch_size options (None = the run's own; the run's own grid includes its
+    ``[sample] schedule_file``).
     """
     model = load(src.path, raw=opts.raw)
     seed = int(opts.seed) if opts.seed is not None else 0
@@ -39,6 +40,7 @@ def draw_samples(
         sampler=opts.sampler,
         steps=opts.steps,
         spacing=opts.spacing,
+        schedule_from=opts.schedule_from,
         guidance=opts.guidance,
         guidance_interval=opts.guidance_interval,
         eta=opts.eta,

@@ -209,6 +209,10 @@ class SampleConfig:
     guidance_interval: tuple[float, ...] = ()
     num: int = 64  # samples in a training-time grid
     spacing: Spacing = "trailing"  # one of sampling.SPACINGS
+    # a `ddpm schedule` grid (JSON; relative = to the run folder): its sampler and timesteps
+    # replace sampler/steps/spacing for the trained model (trained.py); "" = none. Training
+    # previews ignore it (the grid is made for the finished model and may not exist yet).
+    schedule_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -395,6 +399,11 @@ def validate_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"model.unet.dropout: must be in [0, 1), got {u.dropout}")
     if tr.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {tr.lr}")
+    if s.schedule_file != s.schedule_file.strip():
+        raise ConfigError(
+            f"sample.schedule_file: {s.schedule_file!r} has leading or trailing spaces; give "
+            f'the path of a `ddpm schedule` file, e.g. "steps_10.json", or "" for none'
+        )
     if s.steps > d.num_steps:
         raise ConfigError(
             f"sample.steps: {s.steps} is more than diffusion.num_steps = {d.num_steps}"
