@@ -140,3 +140,32 @@ def test_model_settings_live_in_their_section_and_flat_keys_still_load() -> None
     assert validate_config(config_from_dict(RunConfig, legacy)) == cfg
     with pytest.raises(ConfigError, match="model.unet: expected a table"):
         config_from_dict(RunConfig, {"model": {"unet": 3}})
+
+
+def test_classic_ema_settings_beside_a_power_ema_are_a_one_line_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """train.ema_sigma_rel > 0 ignores ema_decay/ema_warmup: a warning naming them, not an error
+    (moons sets both; one --set switches it to the power EMA)."""
+    lines: list[str] = []
+    cfg = load_config("moons", ["train.ema_sigma_rel=0.1"], log=lines.append)
+    assert cfg.train.ema_sigma_rel == 0.1  # still accepted
+    assert lines == [
+        "warning: train.ema_decay = 0.995 and train.ema_warmup = 200 are ignored: "
+        "train.ema_sigma_rel = 0.1 makes the run's average the power-function EMA; drop them, "
+        "or set train.ema_sigma_rel = 0 for the classic EMA"
+    ]
+    quiet: list[str] = []
+    load_config("moons", log=quiet.append)  # the classic EMA: both used
+    load_config("fashion_mnist", log=quiet.append)  # power EMA with the default decay/warm-up
+    load_config("fashion_mnist", ["train.ema_decay=0.999"], log=quiet.append)  # = the default
+    assert quiet == []
+    with pytest.warns(UserWarning, match=r"^train\.ema_decay = 0\.99 is ignored: .*drop it,"):
+        load_config("fashion_mnist", ["train.ema_decay=0.99"])  # no log: warnings.warn
+    # the command line: one stderr line before the run starts (here it stops at the data)
+    from ddpmkit.cli import main
+
+    sets = ["train.ema_warmup=500", 'data.name="folder"', 'data.root="/no/such/folder"']
+    assert main(["train", "fashion_mnist", *[a for s in sets for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warning: train.ema_warmup = 500 is ignored") and len(err) == 2

@@ -98,7 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f'out_dir="{Path(args.out).as_posix()}"')
     if args.resume and args.config is None:
         # Continue the run as it was configured; overrides still apply (e.g. more steps).
-        base = load_config("fashion_mnist", overrides)
+        base = load_config("fashion_mnist", overrides, log=lambda _: None)  # for its run_dir
         saved = base.run_dir / "config.json"
         if not saved.is_file():
             raise UsageError(
@@ -107,9 +107,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from ddpmkit.io import read_json_object
 
         data = apply_overrides(read_json_object(saved, ConfigError), overrides)
-        cfg = validate_config(config_from_dict(RunConfig, data))
+        cfg = validate_config(config_from_dict(RunConfig, data), log=_info)
     else:
-        cfg = load_config(args.config if args.config is not None else "fashion_mnist", overrides)
+        name = args.config if args.config is not None else "fashion_mnist"
+        cfg = load_config(name, overrides, log=_info)
     result = train(cfg, resume=args.resume, progress=not args.no_progress, log=_info)
     return 130 if result.interrupted else 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -174,7 +175,8 @@ class TrainConfig:
     # beside the EMA above and written to <run>/model_ema/sigma_rel_X/ (training/power_ema.py)
     ema_sigma_rels: tuple[float, ...] = ()
     # > 0: the run's own average (checkpoints, <run>/model/) is the power-function EMA of this
-    # relative length instead of the classic EMA of ema_decay/ema_warmup (EDM2; power_ema.py)
+    # relative length instead of the classic EMA of ema_decay/ema_warmup (EDM2; power_ema.py);
+    # those two are then ignored, and validate_config warns when they are not the defaults
     ema_sigma_rel: float = 0.0
     # > 0: every N steps (and at the end) also write each average of ema_sigma_rels as a
     # snapshot, <run>/ema_snapshots/sigma_rel_X/step_*.safetensors, from which `ddpm ema` builds
@@ -347,8 +349,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a TOML file (or a built-in preset name), apply overrides, validate."""
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunConfig:
+    """Read a TOML file (or a built-in preset name), apply overrides, validate (``log``: where
+    :func:`validate_config`'s warnings go)."""
     if path is None:
         data: dict[str, Any] = {}
     else:
@@ -357,4 +364,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             p = preset_path(str(path))
         data = _parse_toml(p)
     data = apply_overrides(data, overrides or [])
-    return validate_config(config_from_dict(RunConfig, data))
+    return validate_config(config_from_dict(RunConfig, data), log)

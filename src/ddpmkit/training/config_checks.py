@@ -3,14 +3,17 @@
 :mod:`ddpmkit.training.config` checks every key's name and type while it builds the frozen
 dataclasses; this module checks what types cannot say: choices of ``Literal`` fields (for
 configs built in Python), ranges, and combinations of keys. A problem is a one-line
-:class:`~ddpmkit.errors.ConfigError` naming the key and the fix. :func:`validate_config` is
-re-exported by
+:class:`~ddpmkit.errors.ConfigError` naming the key and the fix; a valid setting that has no
+effect is a one-line warning. :func:`validate_config` is re-exported by
 :mod:`ddpmkit.training.config`, where existing imports find it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import typing
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +21,7 @@ from ddpmkit.diffusion import DEFAULT_VLB_WEIGHT
 from ddpmkit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ddpmkit.training.config import DiffusionConfig, RunConfig
+    from ddpmkit.training.config import DiffusionConfig, RunConfig, TrainConfig
 
 __all__ = ["CAPTIONED", "is_captioned", "validate_config"]
 
@@ -36,8 +39,13 @@ def _check_literals(section: Any, prefix: str) -> None:
             _check_choice(f"{prefix}.{name}", getattr(section, name), typing.get_args(tp))
 
 
-def validate_config(cfg: RunConfig) -> RunConfig:
-    """Semantic checks beyond types (choices, ranges); raises ConfigError naming the key."""
+def validate_config(cfg: RunConfig, log: Callable[[str], None] | None = None) -> RunConfig:
+    """Semantic checks beyond types (choices, ranges); raises ConfigError naming the key.
+
+    A setting that is valid but has no effect is a one-line warning instead (:func:`_check_ema`):
+    given to ``log`` ("warning: ..."), as the command line's other warnings are, or, without
+    ``log``, to :func:`warnings.warn`.
+    """
     m, d, dt, tr, s = cfg.model, cfg.diffusion, cfg.data, cfg.train, cfg.sample
     for prefix in ("model", "diffusion", "data", "train", "sample", "text"):
         _check_literals(getattr(cfg, prefix), prefix)
@@ -144,6 +152,7 @@ def validate_config(cfg: RunConfig) -> RunConfig:
     elif d.betas:
         raise ConfigError("diffusion.betas: only allowed with diffusion.schedule = 'custom'")
     _check_learn_sigma(d)
+    _check_ema(tr, log)
     _check_t_sampling(d)
     _check_text(cfg)
     if ".." in Path(cfg.name).parts or "/" in cfg.name or "\\" in cfg.name or not cfg.name:
@@ -176,6 +185,34 @@ def _check_learn_sigma(d: DiffusionConfig) -> None:
             f"diffusion.vlb_weight: only used with diffusion.learn_sigma = true; set "
             f"learn_sigma = true or drop vlb_weight (got {d.vlb_weight})"
         )
+
+
+def _check_ema(tr: TrainConfig, log: Callable[[str], None] | None) -> None:
+    """``train.ema_sigma_rel > 0`` makes the run's average EDM2's power-function EMA, which has
+    no decay or warm-up: a non-default ``ema_decay``/``ema_warmup`` is then ignored.
+
+    A warning, not a ConfigError: the value usually comes from a preset (moons and s_curve set
+    ema_decay = 0.995, ema_warmup = 200) that a user switches to the power EMA with one
+    ``--set train.ema_sigma_rel=...``; refusing that would make them override two values that do
+    nothing. The range checks of validate_config still apply to both.
+    """
+    if tr.ema_sigma_rel <= 0:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(tr)}
+    unused = [f"train.{k} = {getattr(tr, k)}" for k in ("ema_decay", "ema_warmup")
+              if getattr(tr, k) != defaults[k]]  # fmt: skip
+    if not unused:
+        return
+    many = len(unused) > 1
+    msg = (
+        f"{' and '.join(unused)} {'are' if many else 'is'} ignored: train.ema_sigma_rel = "
+        f"{tr.ema_sigma_rel:g} makes the run's average the power-function EMA; drop "
+        f"{'them' if many else 'it'}, or set train.ema_sigma_rel = 0 for the classic EMA"
+    )
+    if log is not None:
+        log(f"warning: {msg}")
+    else:
+        warnings.warn(msg, UserWarning, stacklevel=3)
 
 
 CAPTIONED = ("fashion_captions", "fashion_scenes")  # the built-in captioned datasets
