@@ -124,8 +124,8 @@ def main() -> None:
         run("plot", "loss", str(s_run), "--out", str(FIG / "s_curve_loss.png"))
         if args.fmnist_run:
             f = args.fmnist_run
-            run("sample", f, "--grid-by-class", "--num", "8", "--guidance", "2",
-                "--sampler", "dpmpp", "--steps", "20", "--out", str(tmp / "fm"))  # fmt: skip
+            # the run's own [sample] section: the preset's sampler, steps and guidance
+            run("sample", f, "--grid-by-class", "--num", "8", "--out", str(tmp / "fm"))
             shutil.copyfile(tmp / "fm" / "grid.png", FIG / "fashion_grid.png")
             run("plot", "reverse", f, "--num", "4", "--label", "0",
                 "--out", str(FIG / "fashion_reverse.png"))  # fmt: skip
