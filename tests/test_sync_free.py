@@ -20,7 +20,12 @@ from ddpmkit.training.config import load_config
 from ddpmkit.training.ema import EMA
 from ddpmkit.training.loop import TrainingError
 
-MOONS = ['model.kind="mlp"', 'train.precision="fp32"', "train.log_every=2", "train.sample_every=0"]
+# sample.steps=4: each run's final preview (1,000 points through the sampler) is most of a short
+# moons run; the tests compare weights, losses and checkpoints, never the preview.
+MOONS = [
+    'model.kind="mlp"', 'train.precision="fp32"', "train.log_every=2", "train.sample_every=0",
+    "sample.steps=4",
+]  # fmt: skip
 
 
 def _run(tmp: Path, name: str, extra: list[str], **kw: object) -> Path:
