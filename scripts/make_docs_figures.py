@@ -129,7 +129,13 @@ def main() -> None:
             shutil.copyfile(tmp / "fm" / "grid.png", FIG / "fashion_grid.png")
             run("plot", "reverse", f, "--num", "4", "--label", "0",
                 "--out", str(FIG / "fashion_reverse.png"))  # fmt: skip
-            run("plot", "grids", f, "--out", str(FIG / "fashion_grids_over_training.png"))
+            grids = FIG / "fashion_grids_over_training.png"
+            run("plot", "grids", f, "--out", str(grids))
+            # four grids side by side: gray, at most 1,600 px wide, to stay under the size limit
+            with Image.open(grids) as im:
+                scale = min(1.0, 1600 / im.width)
+                size = (round(im.width * scale), round(im.height * scale))
+                im.convert("L").resize(size, Image.LANCZOS).save(grids)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for png in sorted(FIG.glob("*.png")):
