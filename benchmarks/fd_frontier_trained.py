@@ -189,6 +189,10 @@ def diffusers_draw(
         f = guided_output(net, sched, y[sl], g)
         s = diffusers_scheduler(kind, sched, m.config.diffusion.prediction)
         s.set_timesteps(steps)
+        # Start at index 0: with a repeated first timestep (use_lu_lambdas on this cosine
+        # schedule gives 999, 999, ...) diffusers' own lookup starts at the second entry and
+        # runs off the end of its sigmas (IndexError); pipelines' set_begin_index avoids it.
+        s.set_begin_index(0)
         x = x * float(s.init_noise_sigma)
         with torch.inference_mode():
             for t in s.timesteps:
@@ -484,7 +488,13 @@ def main() -> None:
                 }
                 net.images = 0
             if sampler.startswith("diffusers"):
-                x = diffusers_draw(m, net, sampler, steps, y, g, seeds[:count], args.batch)
+                try:
+                    x = diffusers_draw(m, net, sampler, steps, y, g, seeds[:count], args.batch)
+                except Exception as e:  # a configuration diffusers fails on: recorded
+                    skipped.append({"name": name, "error": repr(e)[:300]})
+                    print(f"{name}: {e!r}", flush=True)
+                    save()
+                    continue
             elif ts_opt is not None:
                 x = ddpmkit_draw(m, net, sampler, y, g, seeds[:count], args.batch, timesteps=ts_opt)
             else:
