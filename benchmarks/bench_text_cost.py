@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -48,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cpu_label import cpu_label
 from torch import Tensor, nn
 
 VARIANTS = ("class", "class_wide", "text")
@@ -62,33 +61,6 @@ ENCODE_PROMPTS = [
     "a photo of a light pullover",
     "a short boot right of a frock",
 ]
-
-
-def cpu_label() -> dict[str, Any]:
-    """What the timings depend on: the CPU's model name, torch's capability, native bf16,
-    logical cores, torch version (as bench_vs_diffusers.py records them, plus the model)."""
-    from ddpmkit.nn.compute_path import cpu_has_native_bf16
-
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model = info.get("model name", "")
-    if model and "cpu family" in info:  # "AMD EPYC family 25 model 17", as the results say
-        model += f" family {info['cpu family']} model {info.get('model', '?')}"
-    flags = set(info.get("flags", "").split())
-    return {
-        "cpu_model": model or platform.processor() or platform.machine(),
-        "cpu_flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}),
-        "machine": platform.processor() or platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
-        "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__,
-    }
 
 
 class ClassFromCaption(nn.Module):

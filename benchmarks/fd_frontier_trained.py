@@ -39,8 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cpu_label import cpu_label
 from torch import Tensor
 
 from ddpmkit.data.images import from_model_range
@@ -92,32 +91,6 @@ DIFFUSERS: dict[str, tuple[str, dict[str, Any]]] = {
         {"solver_order": 2, "use_exponential_sigmas": True, **CLIP},
     ),
 }
-
-
-def cpu_label() -> dict[str, Any]:
-    """The CPU's model name, torch's capability, native bf16, cores (as bench_text_cost.py)."""
-    from ddpmkit.nn.compute_path import cpu_has_native_bf16
-
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model = info.get("model name", "")
-    if model and "cpu family" in info:
-        model += f" family {info['cpu family']} model {info.get('model', '?')}"
-    flags = set(info.get("flags", "").split())
-    return {
-        "cpu_model": model or platform.processor() or platform.machine(),
-        "cpu_flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}),
-        "machine": platform.processor() or platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
-        "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__,
-    }
 
 
 class Counting:
