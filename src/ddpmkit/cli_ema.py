@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-
-from torch import Tensor
 
 from ddpmkit.errors import CheckpointError, SettingsError
 from ddpmkit.training import checkpoint as ckpt
@@ -105,7 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     used = [s for s in snaps if s.step <= step]
     gamma_r = gamma_from_sigma_rel(args.sigma_rel)
-    coefs, err = solve_coefficients([s.step for s in used], [s.gamma for s in used], step, gamma_r)
+    x, err = solve_coefficients([s.step for s in used], [s.gamma for s in used], step, gamma_r)
+    coefs = [float(c) for c in x]
 
     meta, _ = ckpt.resolve_model_path(run)  # the run's config and data: as its model folder has
     if "config" not in meta or "data" not in meta:
@@ -119,11 +118,11 @@ def _run(args: argparse.Namespace) -> int:
         "step": step,
         "fit_error": err,
         "snapshots": [s.path.relative_to(run).as_posix() for s in used],
-        "coefficients": [float(c) for c in coefs],
+        "coefficients": coefs,
     }
-    for line in _describe(used, [float(c) for c in coefs]):
+    for line in _describe(used, coefs):
         log(line)
-    weights = combine(_read_all(used), [float(c) for c in coefs])
+    weights = combine((read_snapshot(s) for s in used), coefs)  # one file at a time
     if args.out is not None:
         out = Path(args.out)
     else:
@@ -142,11 +141,6 @@ def _run(args: argparse.Namespace) -> int:
         )
     log(f"wrote {out}; use it with: ddpm sample {out}")
     return 0
-
-
-def _read_all(snaps: list[Snapshot]) -> Iterator[dict[str, Tensor]]:
-    for s in snaps:
-        yield read_snapshot(s)
 
 
 def _describe(used: list[Snapshot], coefs: Sequence[float]) -> list[str]:
