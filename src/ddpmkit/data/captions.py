@@ -5,22 +5,25 @@ Single garments (:func:`captioned_fashion`). Each image gets one caption, drawn 
 from its pixels, inside a template (``SINGLE_TEMPLATES``): "a sneaker", "a photo of a dark
 running shoe pointing left", "a pair of light trousers on a black background".
 
-* brightness (:func:`brightness_attribute`): the mean of the garment's pixels (values > 25)
-  against its class's 30th / 70th percentiles on the train split (``BRIGHTNESS_THRESHOLDS``):
-  below -> "dark" (-1), above -> "light" (+1), else not said (0);
-* direction, for sandals, sneakers and ankle boots (:func:`direction_attribute`): the heel and
-  the shaft are the tall end of a shoe, so the column centroid of the top 12 rows lies on the
-  heel's side of the whole shoe's centroid; more than 1 px to the right -> the toe "points
-  left" (-1), more than 1 px to the left -> "points right" (+1). 90-99.9% of Fashion-MNIST's
-  shoes point left, so ``mirror_shoes`` (default 0.5) mirrors a seeded share of them first;
-  the direction is measured after that, never assumed.
+* brightness (:func:`~ddpmkit.data.garment_attributes.brightness_attribute`): the mean of the
+  garment's pixels (values > 25) against its class's 30th / 70th percentiles on the train split
+  (``BRIGHTNESS_THRESHOLDS``): below -> "dark" (-1), above -> "light" (+1), else not said (0);
+* direction, for sandals, sneakers and ankle boots
+  (:func:`~ddpmkit.data.garment_attributes.direction_attribute`): the heel and the shaft are
+  the tall end of a shoe, so the column centroid of the top 12 rows lies on the heel's side of
+  the whole shoe's centroid; more than 1 px to the right -> the toe "points left" (-1), more
+  than 1 px to the left -> "points right" (+1). 90-99.9% of Fashion-MNIST's shoes point left,
+  so ``mirror_shoes`` (default 0.5) mirrors a seeded share of them first; the direction is
+  measured after that, never assumed.
 
 Two-garment scenes (:func:`fashion_scenes`): two images side by side on a 28x56 canvas
 (H x W), captioned with the relation in either order ("a sandal to the left of a bag", "a bag
 with a sandal on its left"). Held out from training, to measure generalisation: the class pairs
 ``HELD_OUT_PAIRS`` (unordered: neither order is in training) and the phrasings
-``HELD_OUT_SINGLE_TEMPLATES`` / ``HELD_OUT_SCENE_TEMPLATES``; :func:`scene_prompts` and
-:func:`single_prompts` give the evaluation's prompts with what each should show.
+``HELD_OUT_SINGLE_TEMPLATES`` / ``HELD_OUT_SCENE_TEMPLATES``;
+:func:`~ddpmkit.data.caption_text.scene_prompts` and
+:func:`~ddpmkit.data.caption_text.single_prompts` give the evaluation's prompts with what each
+should show.
 
 No horizontal-flip augmentation on these data: it swaps left and right (and the direction).
 
@@ -28,11 +31,15 @@ Every dataset is a :class:`CaptionedImages`: uint8 images (N, C, H, W) as in
 :class:`~ddpmkit.data.images.ImageData`, caption ids into a sorted list of distinct captions (so
 ``ddpmkit.text.encode_all(encoder, data.caption_set)`` rows are the ids), and per-image
 metadata for evaluation (garment classes, measured attributes).
+
+The vocabulary, templates and phrases live in :mod:`ddpmkit.data.caption_text`, the attributes
+measured from pixels in :mod:`ddpmkit.data.garment_attributes`; this module builds the datasets
+and re-exports both modules' public names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -41,6 +48,35 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddpmkit.data.caption_text import (
+    CLASS_NAMES,
+    HELD_OUT_PAIRS,
+    HELD_OUT_SCENE_TEMPLATES,
+    HELD_OUT_SINGLE_TEMPLATES,
+    SCENE_TEMPLATES,
+    SHOES,
+    SINGLE_TEMPLATES,
+    SYNONYMS,
+    _templates,
+    class_pairs,
+    describe_garment,
+    describe_scene,
+    noun_phrase,
+    scene_prompts,
+    single_prompts,
+)
+from ddpmkit.data.garment_attributes import (
+    BRIGHTNESS_THRESHOLDS,
+    brightness_attribute,
+    direction_attribute,
+    foreground_brightness,
+    halves,
+    shoe_direction_score,
+)
+
+# public though never in __all__: still importable from here
+from ddpmkit.data.garment_attributes import DIRECTION_MARGIN as DIRECTION_MARGIN
+from ddpmkit.data.garment_attributes import FOREGROUND as FOREGROUND
 from ddpmkit.data.images import ImageData
 from ddpmkit.errors import DatasetError
 
@@ -69,60 +105,6 @@ __all__ = [
     "shoe_direction_score",
     "single_prompts",
 ]
-
-CLASS_NAMES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
-# Nouns per class; "pair of ..." nouns take their adjective after "pair of".
-SYNONYMS: list[list[str]] = [
-    ["t-shirt", "tee", "top"],
-    ["pair of trousers", "pair of pants", "pair of slacks"],
-    ["pullover", "sweater", "jumper"],
-    ["dress", "frock", "gown"],
-    ["coat", "jacket", "overcoat"],
-    ["sandal", "summer sandal", "open shoe"],
-    ["shirt", "blouse", "button-up shirt"],
-    ["sneaker", "running shoe", "trainer"],
-    ["bag", "handbag", "purse"],
-    ["ankle boot", "boot", "short boot"],
-]
-SHOES = (5, 7, 9)  # sandal, sneaker, ankle boot: the classes with a direction
-
-# {x} = the garment's noun phrase with its attributes
-SINGLE_TEMPLATES = (
-    "{x}",
-    "a photo of {x}",
-    "a picture of {x}",
-    "{x} on a black background",
-    "a product photo of {x}",
-)
-HELD_OUT_SINGLE_TEMPLATES = ("an image of {x}", "a black and white photo of {x}")
-# {left} / {right} = the noun phrases of the garments on each half; both orders of mention
-SCENE_TEMPLATES = (
-    "{left} to the left of {right}",
-    "{right} to the right of {left}",
-    "{left} with {right} on its right",
-    "{right} with {left} on its left",
-    "{left} on the left and {right} on the right",
-    "{right} on the right and {left} on the left",
-)
-HELD_OUT_SCENE_TEMPLATES = (
-    "{left} left of {right}",
-    "{right} right of {left}",
-    "{right} with {left} to its left",
-)
-# Unordered class pairs never shown together in training (each class once).
-HELD_OUT_PAIRS: frozenset[frozenset[int]] = frozenset(
-    frozenset(p) for p in ((5, 8), (1, 7), (0, 9), (3, 6), (2, 4))
-)
-# Per class: 30th and 70th percentile of foreground_brightness on the train split (60,000).
-BRIGHTNESS_THRESHOLDS: tuple[tuple[float, float], ...] = (
-    (126.7, 188.6), (157.1, 194.2), (127.4, 193.3), (147.6, 197.5), (162.9, 198.6),
-    (117.4, 148.5), (112.0, 180.5), (133.0, 164.3), (155.4, 187.8), (164.8, 190.3),
-)  # fmt: skip
-FOREGROUND = 25  # pixel values above this are the garment
-DIRECTION_MARGIN = 1.0  # px of centroid offset needed to call a direction
 
 
 @dataclass
@@ -223,155 +205,6 @@ def _build(
     index = {c: i for i, c in enumerate(caption_set)}
     ids = torch.tensor([index[c] for c in captions], dtype=torch.int64)
     return CaptionedImages(images, ids, caption_set, garments, attributes, class_names, source)
-
-
-# ---------------------------------------------------------------- phrases
-
-
-def noun_phrase(noun: str, adjective: str | None = None) -> str:
-    """('sneaker', 'dark') -> 'a dark sneaker'; ('ankle boot',) -> 'an ankle boot';
-    ('pair of trousers', 'light') -> 'a pair of light trousers'."""
-    if noun.startswith("pair of "):
-        rest = noun[len("pair of ") :]
-        return f"a pair of {adjective + ' ' if adjective else ''}{rest}"
-    words = f"{adjective} {noun}" if adjective else noun
-    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
-
-
-def describe_garment(
-    cls: int, synonym: int = 0, brightness: int = 0, direction: int = 0, template: str = "{x}"
-) -> str:
-    """A single garment's caption: class ``cls``'s synonym, the attributes to say (0 = unsaid;
-    brightness -1 dark / 1 light, direction -1 left / 1 right), inside ``template``."""
-    adj = {-1: "dark", 1: "light"}.get(brightness)
-    x = noun_phrase(SYNONYMS[cls][synonym], adj)
-    if direction:
-        x += " pointing left" if direction < 0 else " pointing right"
-    return template.format(x=x)
-
-
-def describe_scene(
-    left: int, right: int, template: str, left_synonym: int = 0, right_synonym: int = 0
-) -> str:
-    """A scene's caption: class ``left`` on the left half, ``right`` on the right half."""
-    return template.format(
-        left=noun_phrase(SYNONYMS[left][left_synonym]),
-        right=noun_phrase(SYNONYMS[right][right_synonym]),
-    )
-
-
-def class_pairs(which: Literal["train", "held_out"] = "train") -> list[tuple[int, int]]:
-    """Ordered (left, right) class pairs, same class included: those of training (90) or the
-    held-out ones (10: both orders of each of ``HELD_OUT_PAIRS``)."""
-    if which not in ("train", "held_out"):
-        raise ValueError(f"which must be 'train' or 'held_out', got {which!r}")
-    pairs = [(a, b) for a in range(10) for b in range(10)]
-    held = [p for p in pairs if frozenset(p) in HELD_OUT_PAIRS]
-    return held if which == "held_out" else [p for p in pairs if p not in held]
-
-
-def _templates(which: str, train: tuple[str, ...], held: tuple[str, ...]) -> tuple[str, ...]:
-    if which == "train":
-        return train
-    if which == "held_out":
-        return held
-    raise ValueError(f"templates must be 'train' or 'held_out', got {which!r}")
-
-
-def single_prompts(
-    templates: Literal["train", "held_out"] = "held_out",
-) -> list[tuple[str, int]]:
-    """(prompt, class) for every class, synonym and template of the set (no attributes)."""
-    return [
-        (describe_garment(c, s, template=t), c)
-        for t in _templates(templates, SINGLE_TEMPLATES, HELD_OUT_SINGLE_TEMPLATES)
-        for c in range(10)
-        for s in range(len(SYNONYMS[c]))
-    ]
-
-
-def scene_prompts(
-    pairs: Literal["train", "held_out"] = "held_out",
-    templates: Literal["train", "held_out"] = "held_out",
-) -> list[tuple[str, int, int]]:
-    """(prompt, left class, right class) for every ordered pair and template of the sets, with
-    each class's first synonym."""
-    return [
-        (describe_scene(a, b, t), a, b)
-        for t in _templates(templates, SCENE_TEMPLATES, HELD_OUT_SCENE_TEMPLATES)
-        for a, b in class_pairs(pairs)
-    ]
-
-
-# ---------------------------------------------------------------- attributes from pixels
-
-
-def _gray(images: Tensor | np.ndarray) -> np.ndarray:
-    """uint8 (N, 1, H, W) or (N, H, W) -> float64 (N, H, W)."""
-    x = images.numpy() if isinstance(images, Tensor) else np.asarray(images)
-    if x.ndim == 4:
-        if x.shape[1] != 1:
-            raise ValueError(f"expected one channel, got {x.shape[1]}")
-        x = x[:, 0]
-    if x.ndim != 3:
-        raise ValueError(f"expected images (N, [1,] H, W), got shape {x.shape}")
-    return x.astype(np.float64)
-
-
-def _per_chunk(fn: Callable[[np.ndarray], np.ndarray], images: Tensor | np.ndarray) -> np.ndarray:
-    """fn over chunks of 4,096 images as float64 (bounded memory for 60,000 images)."""
-    x = images.numpy() if isinstance(images, Tensor) else np.asarray(images)
-    out = [fn(_gray(x[i : i + 4096])) for i in range(0, len(x), 4096)]
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def _brightness(x: np.ndarray) -> np.ndarray:
-    fg = x > FOREGROUND
-    return (x * fg).sum(axis=(1, 2)) / np.maximum(fg.sum(axis=(1, 2)), 1)
-
-
-def foreground_brightness(images: Tensor | np.ndarray) -> np.ndarray:
-    """(N,) mean value of each image's garment pixels (> ``FOREGROUND``); 0 for a blank one."""
-    return _per_chunk(_brightness, images)
-
-
-def brightness_attribute(images: Tensor | np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """(N,) int64: -1 dark, 1 light, 0 neither, against ``BRIGHTNESS_THRESHOLDS[class]``."""
-    b = foreground_brightness(images)
-    lo = np.array([BRIGHTNESS_THRESHOLDS[c][0] for c in classes])
-    hi = np.array([BRIGHTNESS_THRESHOLDS[c][1] for c in classes])
-    return np.where(b < lo, -1, np.where(b > hi, 1, 0)).astype(np.int64)
-
-
-def shoe_direction_score(images: Tensor | np.ndarray) -> np.ndarray:
-    """(N,) column centroid of the top 12 rows minus that of the whole image (px); > 0: the
-    tall end (heel, shaft) is on the right, so the toe points left."""
-
-    def score(x: np.ndarray) -> np.ndarray:
-        cols = np.arange(x.shape[2], dtype=np.float64)
-
-        def centroid(a: np.ndarray) -> np.ndarray:
-            return (a.sum(axis=1) * cols).sum(axis=1) / np.maximum(a.sum(axis=(1, 2)), 1e-9)
-
-        return centroid(x[:, :12]) - centroid(x)
-
-    return _per_chunk(score, images)
-
-
-def direction_attribute(images: Tensor | np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """(N,) int64: -1 points left, 1 points right, 0 unclear or not a shoe."""
-    s = shoe_direction_score(images)
-    shoe = np.isin(np.asarray(classes), SHOES)
-    d = np.where(s > DIRECTION_MARGIN, -1, np.where(s < -DIRECTION_MARGIN, 1, 0))
-    return np.where(shoe, d, 0).astype(np.int64)
-
-
-def halves(images: Tensor) -> tuple[Tensor, Tensor]:
-    """(N, C, H, 2W) scenes -> the left and right (N, C, H, W) halves (for the classifier)."""
-    w = images.shape[-1]
-    if w % 2:
-        raise ValueError(f"scene width must be even, got {w}")
-    return images[..., : w // 2], images[..., w // 2 :]
 
 
 # ---------------------------------------------------------------- datasets

@@ -2,13 +2,14 @@
 
 The shipped Fashion-MNIST classifier (:mod:`ddpmkit.evaluation.classifier`) reads each 28x28
 garment: the centre of a single-garment sample (28x28, or 28x56 with the garment centred) and
-each half of a two-garment scene (:func:`ddpmkit.data.captions.halves`). The attributes are
-measured on the same crops by the functions that made the captions
-(:func:`~ddpmkit.data.captions.brightness_attribute`,
-:func:`~ddpmkit.data.captions.direction_attribute`). Groups, all never seen in training:
+each half of a two-garment scene (:func:`ddpmkit.data.garment_attributes.halves`). The
+attributes are measured on the same crops by the functions that made the captions
+(:func:`~ddpmkit.data.garment_attributes.brightness_attribute`,
+:func:`~ddpmkit.data.garment_attributes.direction_attribute`). Groups, all never seen in
+training:
 
 * ``single_held_out_phrasings``: every class and synonym in the held-out single templates
-  (:func:`~ddpmkit.data.captions.single_prompts`); accuracy = the named class is the argmax;
+  (:func:`~ddpmkit.data.caption_text.single_prompts`); accuracy = the named class is the argmax;
 * ``scene_held_out_pairs``: the held-out class pairs (both orders) in the training templates;
 * ``scene_held_out_phrasings``: training pairs in the held-out scene templates (a seeded
   subset of 30 prompts); share correct = both garments found, each on its named half;
@@ -84,7 +85,7 @@ class PromptCase:
 def attribute_prompts() -> dict[str, list[PromptCase]]:
     """The attribute groups: (dark, light) pairs of every class and (pointing left, pointing
     right) pairs of every shoe class, in the held-out single templates, first synonym."""
-    from ddpmkit.data.captions import HELD_OUT_SINGLE_TEMPLATES, SHOES, describe_garment
+    from ddpmkit.data.caption_text import HELD_OUT_SINGLE_TEMPLATES, SHOES, describe_garment
 
     bright, direction = [], []
     for t in HELD_OUT_SINGLE_TEMPLATES:
@@ -101,7 +102,7 @@ def attribute_prompts() -> dict[str, list[PromptCase]]:
 def prompt_groups(scenes: bool) -> dict[str, list[PromptCase]]:
     """The evaluation's prompt groups (module docstring); scene groups only for scenes. The
     groups of :data:`PAIRED_GROUPS` list their cases as consecutive (first, second) pairs."""
-    from ddpmkit.data.captions import describe_scene, scene_prompts, single_prompts
+    from ddpmkit.data.caption_text import describe_scene, scene_prompts, single_prompts
 
     groups = {
         "single_held_out_phrasings": [PromptCase(p, c) for p, c in single_prompts("held_out")]
@@ -197,7 +198,7 @@ def _draw(model: Any, cases: Sequence[PromptCase], per: int, opts: EvalOptions) 
 def _measure(images: Tensor, cases: Sequence[PromptCase], per: int, scenes: bool) -> dict:
     """Per sample: classes on the halves and the centre, the named classes, whether the sample
     shows what its case names, and the measured attributes of the centre garment."""
-    from ddpmkit.data.captions import (
+    from ddpmkit.data.garment_attributes import (
         brightness_attribute,
         direction_attribute,
         foreground_brightness,
