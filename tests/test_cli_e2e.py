@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ddpmkit
 from ddpmkit.cli import main
+from ddpmkit.sampling import SAMPLERS, Guidance, initial_noise
+from ddpmkit.step_schedule import discrepancy
 
 TINY = [
     "--set", 'data.name="digits"',
@@ -109,7 +112,51 @@ def test_sample_errors(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "--eta: must be in [0, 1], got 1.5" in capsys.readouterr().err
     assert main(["sample", str(run), "--sampler", "ddpm", "--eta", "1", "--out", str(out)]) == 2
     assert "--eta: applies to sampler ddim or dpmpp" in capsys.readouterr().err
+    ddim4 = ["--sampler", "ddim", "--steps", "4"]  # trailing: the grid ends at t = 24
+    assert main(["sample", str(run), *ddim4, "--final-step", "ode", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--final-step: 'ode' needs a time grid that ends at t = 0" in err
+    assert err.count("\n") == 1
     assert not out.exists()
+
+
+def test_sample_final_step(run: Path, tmp_path: Path) -> None:
+    outs = {}
+    for end in ("denoise", "ode"):
+        outs[end] = tmp_path / end
+        args = ["sample", str(run), "--num", "4", "--final-step", end]
+        assert main([*args, "--out", str(outs[end])]) == 0
+    a, b = (np.load(outs[e] / "samples.npz")["images"] for e in ("denoise", "ode"))
+    assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def test_schedule_optimises_the_guidance_the_run_samples_with(run: Path, tmp_path: Path) -> None:
+    # The preset guides with w = 3 only at sigma in (0.28, 5.42]: the grid's objective J must be
+    # the discrepancy of exactly that sampling, recomputed here from the library's samplers.
+    out = tmp_path / "steps_3.json"
+    argv = ["schedule", str(run), "--steps", "3", "--batch", "8", "--reference-steps", "20"]
+    assert main([*argv, "--max-evals", "4", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["reference"]["guidance"] == 3.0
+    assert data["reference"]["guidance_interval"] == [0.28, 5.42]
+    model = ddpmkit.load(run)
+    kw = {
+        "y": model.labels_for(8),
+        "prediction": model.config.diffusion.prediction,
+        "clip_x0": 1.0,
+        "guidance_scale": Guidance(3.0, 0.28, 5.42),
+    }
+    x_T = initial_noise((8, *model.sample_shape), seeds=[10_000 + i for i in range(8)])
+    net, sched = model.network, model.schedule
+
+    def j(**over: object) -> float:
+        k = {**kw, **over}
+        ref = SAMPLERS["unipc"](net, sched, x_T, num_steps=20, spacing="logsnr", **k)
+        x = SAMPLERS[data["sampler"]](net, sched, x_T, timesteps=data["timesteps"], **k)
+        return discrepancy(x, ref, "mse")
+
+    assert j() == pytest.approx(data["objective"], rel=1e-5)
+    assert j(guidance_scale=3.0) != pytest.approx(data["objective"], rel=1e-3)  # w everywhere
 
 
 def test_resume_continues(run: Path) -> None:

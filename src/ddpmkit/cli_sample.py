@@ -72,6 +72,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="noise in [0, 1]: DDIM eta; for dpmpp, eta > 0 is SDE-DPM-Solver++(2M)",
     )
     p.add_argument(
+        "--final-step",
+        choices=("denoise", "ode"),
+        default=None,
+        help="the last step to clean data: denoise = the x_0 estimate (right for 8-bit "
+        "images); ode = the trapezoidal probability-flow step, for continuous data such as the "
+        "2-D toys (needs a grid ending at t = 0; default: the run's, else denoise)",
+    )
+    p.add_argument(
         "--guidance",
         type=float,
         default=None,
@@ -226,6 +234,7 @@ def _sample(
         guidance=args.guidance,
         guidance_interval=args.guidance_interval,
         eta=args.eta,
+        final_step=args.final_step,
         seed=args.seed,
         batch_size=args.batch_size,
         output="tensor",

@@ -5,7 +5,8 @@
 
 A thin layer over :func:`ddpmkit.step_schedule.optimise_timesteps`: the model is loaded as
 ``ddpm sample`` loads it (EMA weights, the run's numeric path), sampled as its ``[sample]``
-section says (guidance, classes in turn, the data's x_0 clipping), from ``--batch`` initial
+section says (guidance in its noise interval, classes in turn, the data's x_0 clipping, the
+final step), from ``--batch`` initial
 noises seeded ``--seed + i`` (default 10,000: not the noises of ``ddpm sample``'s default
 seeds 0, 1, ...). The grid, its objective and that of the best fixed spacing are written as JSON
 (:func:`ddpmkit.step_schedule.save_schedule`). A bad input is one line and nothing is written.
@@ -21,11 +22,12 @@ import sys
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ddpmkit.errors import SettingsError
-from ddpmkit.sampling import DEFAULT_STEPS, initial_noise
+from ddpmkit.sampling import DEFAULT_STEPS, Guidance, initial_noise
 from ddpmkit.step_schedule import ODE_SAMPLERS, optimise_timesteps, save_schedule
 from ddpmkit.trained import load
 from ddpmkit.training.build import x0_clip_from_meta
@@ -127,17 +129,28 @@ def _run(args: argparse.Namespace) -> int:
         )
     conditional = model.num_classes > 0 or model.is_text
     y = model.prompts_for(args.batch) if model.is_text else model.labels_for(args.batch)
-    kwargs = {
+    # the run's guidance as it samples: w, and only in its noise interval if it has one
+    guided = own.guidance_scale() if conditional else 1.0
+    kwargs: dict[str, Any] = {
         "y": None if y is None else y.to(model.device),
-        "guidance_scale": own.guidance if conditional else 1.0,
+        "guidance_scale": guided,
         "prediction": model.config.diffusion.prediction,
         "clip_x0": x0_clip_from_meta(model.meta["data"]),
     }
+    if own.final_step != "denoise":  # the grid must suit the run's last step (t = 0 for ode)
+        if args.free_end:
+            raise SettingsError(
+                "free_end",
+                f"the run samples with final_step {own.final_step!r}, whose grid "
+                "must end at t = 0; leave --free-end out",
+            )
+        kwargs["final_step"] = own.final_step
     seeds = [args.seed + i for i in range(args.batch)]
     x_T = initial_noise((args.batch, *model.sample_shape), seeds=seeds).to(model.device)
     log(
         f"optimising {steps} {sampler} timesteps on {args.batch} noises (seeds {args.seed}..), "
-        f"guidance {kwargs['guidance_scale']:g}, reference unipc {args.reference_steps} steps"
+        f"{guidance_words(guided)}, reference unipc {args.reference_steps} "
+        "steps"
     )
     dev = model.device.type
     autocast = torch.autocast(dev, dtype=torch.bfloat16) if model.compute.bf16 else nullcontext()
@@ -155,7 +168,12 @@ def _run(args: argparse.Namespace) -> int:
             sampler_kwargs=kwargs,
             log=log,
         )
-    result = replace(result, seed=args.seed, source=str(model.path))
+    reference = {**result.reference, "guidance": own.guidance if conditional else 1.0}
+    if isinstance(guided, Guidance):
+        reference["guidance_interval"] = [guided.sigma_lo, guided.sigma_hi]
+    if own.final_step != "denoise":
+        reference["final_step"] = own.final_step
+    result = replace(result, seed=args.seed, source=str(model.path), reference=reference)
     save_schedule(out, result)
     log(
         f"J = {result.objective:.4g} (best fixed spacing, {result.start_spacing}: "
@@ -166,3 +184,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         log(f"wrote {out}; use it with: ddpm sample {args.checkpoint} --schedule-from {out}")
     return 0
+
+
+def guidance_words(g: float | Guidance) -> str:
+    """ "guidance 3 at sigma in (0.28, 5.42]" / "guidance 1" for the log line."""
+    if isinstance(g, Guidance):
+        return f"guidance {g.scale:g} at sigma in ({g.sigma_lo:g}, {g.sigma_hi:g}]"
+    return f"guidance {g:g}"

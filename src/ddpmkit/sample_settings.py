@@ -36,7 +36,7 @@ from ddpmkit.sampling import (
     initial_noise,
     sampling_timesteps,
 )
-from ddpmkit.sampling_core import Guidance
+from ddpmkit.sampling_core import FINAL_STEPS, Guidance, _check_final, make_timesteps
 from ddpmkit.schedule import NoiseSchedule
 
 __all__ = ["SampleSettings", "SettingsError", "check_eta", "draw"]
@@ -64,6 +64,9 @@ class SampleSettings:
     ``schedule_file`` names the ``ddpm schedule`` file that ``sampler`` and ``timesteps`` were
     read from (the log line and reports say it; :func:`ddpmkit.trained.load` reads it); a
     flag that changes the grid or the sampler drops it.
+    ``final_step`` is the step from the last timestep to clean data: "denoise" (x_0 = D, the
+    default; right for 8-bit images) or "ode" (the trapezoidal probability-flow step, for
+    continuous data; :func:`~ddpmkit.sampling_core.final_x0`).
     ``origin`` is prose for the log line: where the values came from.
     """
 
@@ -75,6 +78,7 @@ class SampleSettings:
     guidance_interval: tuple[float, float] | None = None
     eta: float = 0.0
     schedule_file: str | None = None
+    final_step: str = "denoise"
     origin: str = "ddpmkit's defaults"
 
     @classmethod
@@ -89,6 +93,7 @@ class SampleSettings:
             guidance=float(section.get("guidance", 1.0)),
             guidance_interval=_interval(section.get("guidance_interval")),
             eta=float(section.get("eta", 0.0)),
+            final_step=str(section.get("final_step", "denoise")),
             origin="the run's [sample] section",
         )
 
@@ -126,6 +131,10 @@ class SampleSettings:
                 "sampler", f"{self.sampler!r} is not a sampler; expected one of {list(SAMPLERS)}"
             )
         check_eta(self.eta, self.sampler)
+        if self.final_step not in FINAL_STEPS:
+            raise SettingsError(
+                "final_step", f"{self.final_step!r} is not allowed; expected one of {FINAL_STEPS}"
+            )
         if self.guidance != 1.0 and not conditional:
             raise SettingsError(
                 "guidance", f"{self.guidance} needs a class-conditional model; this one is not"
@@ -142,7 +151,9 @@ class SampleSettings:
                 ts = sampling_timesteps(schedule, None, "trailing", self.timesteps)
             except ValueError as e:
                 raise SettingsError("timesteps", str(e).removeprefix("timesteps: ")) from None
-            return replace(self, steps=len(ts), spacing=None, timesteps=tuple(ts))
+            return self._with_final_checked(
+                replace(self, steps=len(ts), spacing=None, timesteps=tuple(ts)), ts
+            )
         default = DEFAULT_STEPS[self.sampler]
         steps = self.steps if self.steps is not None else min(default or T, T)
         if not 1 <= steps <= T:
@@ -152,7 +163,17 @@ class SampleSettings:
             raise SettingsError(
                 "spacing", f"{spacing!r} is not allowed; expected one of {SPACINGS}"
             )
-        return replace(self, steps=steps, spacing=spacing)
+        done = replace(self, steps=steps, spacing=spacing)
+        return self._with_final_checked(done, make_timesteps(schedule, steps, spacing))
+
+    @staticmethod
+    def _with_final_checked(settings: SampleSettings, ts: Sequence[int]) -> SampleSettings:
+        """``settings``, if their final step suits the grid ``ts`` (see ``_check_final``)."""
+        try:
+            _check_final(settings.final_step, ts)
+        except ValueError as e:
+            raise SettingsError("final_step", str(e).removeprefix("final_step=")) from None
+        return settings
 
     def guidance_scale(self) -> float | Guidance:
         """What the samplers' ``guidance_scale`` takes: w, or w in the noise interval."""
@@ -175,6 +196,8 @@ class SampleSettings:
         parts = [self.sampler, grid, guide]
         if self.sampler in STOCHASTIC_ETA:
             parts.append(f"eta {self.eta:g}")
+        if self.final_step != "denoise":
+            parts.append(f"{self.final_step} final step")
         return f"{', '.join(parts)} ({self.origin})"
 
     def as_dict(self) -> dict[str, Any]:
@@ -193,6 +216,8 @@ class SampleSettings:
             d["schedule_file"] = self.schedule_file
         if self.sampler in STOCHASTIC_ETA:
             d["eta"] = self.eta
+        if self.final_step != "denoise":
+            d["final_step"] = self.final_step
         return d
 
 
@@ -229,6 +254,8 @@ def draw(
     extra: dict[str, Any] = {"clip_x0": clip_x0} if clip_x0 is not None else {}
     if settings.sampler in STOCHASTIC_ETA:
         extra["eta"] = settings.eta
+    if settings.final_step != "denoise":
+        extra["final_step"] = settings.final_step
     if settings.timesteps is not None:
         extra["timesteps"] = list(settings.timesteps)
     else:

@@ -49,12 +49,14 @@ from ddpmkit.sampling_core import (
     Spacing,
     StepInfo,
     _abar,
+    _check_final,
     _check_x,
     _guided_eps_x0,
     _guided_eps_x0_v,
     _lam,
     _per_sample_generators,
     _randn,
+    final_x0,
     initial_noise,
     make_timesteps,
     sampling_timesteps,
@@ -110,6 +112,7 @@ def ddpm_sample(
     timesteps: Sequence[int] | None = None,
     variance: str | None = None,
     clip_x0: float | None = None,
+    final_step: str = "denoise",
 ) -> Tensor:
     """Ancestral sampling, DDPM Algorithm 2, on the timesteps of ``make_timesteps``.
 
@@ -126,6 +129,10 @@ def ddpm_sample(
     half). ``variance=None`` (the default) is "learned" for such a model and "beta" for any
     other; "beta" or "posterior" sample a learned-variance model with that fixed variance;
     "learned" on a model without v is a ValueError.
+
+    ``final_step``: the step from the last timestep to clean data, ``"denoise"`` (x_0 = D, the
+    default) or ``"ode"`` (the trapezoidal step of the probability-flow ODE, for continuous
+    data; :func:`~ddpmkit.sampling_core.final_x0`).
     """
     if variance not in (None, "beta", "posterior", "learned"):
         raise ValueError(
@@ -134,6 +141,7 @@ def ddpm_sample(
     _check_x(x_T, y)
     gens = _per_sample_generators(seeds, x_T.shape[0])
     ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
+    _check_final(final_step, ts)
     x = x_T.float()
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1
@@ -161,7 +169,7 @@ def ddpm_sample(
             var = beta_ts if variance in (None, "beta") else beta_ts * (1.0 - ab_s) / (1.0 - ab_t)
             x = mean + math.sqrt(var) * _randn(tuple(x.shape), generator, gens, x.device)
         else:
-            x = mean
+            x = final_x0(x, mean, ab_t, final_step)  # mean = x0 at s = -1
         if callback is not None:
             callback(StepInfo(i, len(ts), t, x, x0))
     return x
@@ -184,6 +192,7 @@ def ddim_sample(
     timesteps: Sequence[int] | None = None,
     eta: float = 0.0,
     clip_x0: float | None = None,
+    final_step: str = "denoise",
 ) -> Tensor:
     """DDIM (Song et al. 2021, Eq. 12), deterministic for eta = 0:
 
@@ -191,12 +200,17 @@ def ddim_sample(
         sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s)      (Eq. 16)
 
     eta = 1 with all T steps has the DDPM posterior variance.
+
+    ``final_step``: the step from the last timestep to clean data, ``"denoise"`` (x_0 = D, the
+    default) or ``"ode"`` (the trapezoidal step of the probability-flow ODE, for continuous
+    data; :func:`~ddpmkit.sampling_core.final_x0`).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
     _check_x(x_T, y)
     gens = _per_sample_generators(seeds, x_T.shape[0])
     ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
+    _check_final(final_step, ts)
     x = x_T.float()
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else -1
@@ -206,8 +220,13 @@ def ddim_sample(
             eps = (x - math.sqrt(_abar(schedule, t)) * x0) / math.sqrt(1 - _abar(schedule, t))
         ab_t, ab_s = _abar(schedule, t), _abar(schedule, s)
         sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_s)
+        if s < 0:
+            x = final_x0(x, x0, ab_t, final_step)
+            if callback is not None:
+                callback(StepInfo(i, len(ts), t, x, x0))
+            break
         x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
-        if sigma > 0 and s >= 0:
+        if sigma > 0:
             x = x + sigma * _randn(tuple(x.shape), generator, gens, x.device)
         if callback is not None:
             callback(StepInfo(i, len(ts), t, x, x0))
@@ -231,6 +250,7 @@ def dpm_solver_pp_sample(
     timesteps: Sequence[int] | None = None,
     eta: float = 0.0,
     clip_x0: float | None = None,
+    final_step: str = "denoise",
 ) -> Tensor:
     """DPM-Solver++(2M), multistep second order in data prediction (Lu et al. 2022, Alg. 2).
 
@@ -247,7 +267,8 @@ def dpm_solver_pp_sample(
     at 5 log-SNR steps from 0% to 74%, and at 5 quadratic steps from 15% to 94%, for a slightly
     narrower spread at 10 steps (log-SNR: 0.99 to 0.92 of the true one); from 15 steps on the
     second-order step is kept (nothing changes at 20).
-    The final step to clean data (sigma = 0) returns the x_0 estimate of the last timestep.
+    The final step to clean data (sigma = 0) returns the x_0 estimate of the last timestep
+    (``final_step="denoise"``) or takes the trapezoidal ODE step (``"ode"``).
 
     ``eta`` > 0 gives SDE-DPM-Solver++(2M) (Lu et al. 2022, Sec. 4 and App. B; the
     "sde-dpmsolver++" of diffusers and ``sample_dpmpp_2m_sde`` of k-diffusion for eta = 1),
@@ -257,12 +278,17 @@ def dpm_solver_pp_sample(
     with the same D. eta = 0 is the ODE solver above (deterministic; ``generator``/``seeds``
     unused). The injected noise corrects part of the errors of an imperfect network, as DDPM's
     does; measured on the trained Fashion-MNIST model in docs/samplers.md.
+
+    ``final_step``: the step from the last timestep to clean data, ``"denoise"`` (x_0 = D, the
+    default) or ``"ode"`` (the trapezoidal step of the probability-flow ODE, for continuous
+    data; :func:`~ddpmkit.sampling_core.final_x0`).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
     _check_x(x_T, y)
     gens = _per_sample_generators(seeds, x_T.shape[0])
     ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
+    _check_final(final_step, ts)
     x = x_T.float()
 
     # Index of the step into the last timestep, taken first order below 15 steps (-1: none).
@@ -275,7 +301,7 @@ def dpm_solver_pp_sample(
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
         if s < 0:
-            x_next = x0
+            x_next = final_x0(x, x0, _abar(schedule, t), final_step)
         else:
             ab_t, ab_s = _abar(schedule, t), _abar(schedule, s)
             sig_t, sig_s, a_s = math.sqrt(1 - ab_t), math.sqrt(1 - ab_s), math.sqrt(ab_s)

@@ -25,11 +25,13 @@ from ddpmkit.sampling_core import (
     Guidance,
     StepInfo,
     _abar,
+    _check_final,
     _check_x,
     _guided_eps_x0,
     _lam,
     _per_sample_generators,
     _randn,
+    final_x0,
     sampling_timesteps,
 )
 from ddpmkit.schedule import NoiseSchedule
@@ -73,6 +75,7 @@ def dpm_solver_pp_3m_sample(
     clip_x0: float | None = None,
     lower_order_final: bool = True,
     reference_d2: bool = False,
+    final_step: str = "denoise",
 ) -> Tensor:
     """DPM-Solver++(3M): multistep third order in data prediction (Lu et al. 2022, "DPM-Solver++:
     Fast Solver for Guided Sampling of Diffusion Probabilistic Models", Sec. 3.3 / App. A;
@@ -109,12 +112,17 @@ def dpm_solver_pp_3m_sample(
     h_eta = (1 + eta) h in the coefficients of D, the state is multiplied by e^{-eta h} and
     sigma_s sqrt(1 - e^{-2 eta h}) z is added, exactly as in ``dpm_solver_pp_sample``.
     ``num_steps`` model evaluations.
+
+    ``final_step``: the step from the last timestep to clean data, ``"denoise"`` (x_0 = D, the
+    default) or ``"ode"`` (the trapezoidal step of the probability-flow ODE, for continuous
+    data; :func:`~ddpmkit.sampling_core.final_x0`).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
     _check_x(x_T, y)
     gens = _per_sample_generators(seeds, x_T.shape[0])
     ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
+    _check_final(final_step, ts)
     n = len(ts)
     x = x_T.float()
     hist: list[Tensor] = []  # x_0 predictions, newest last (at most 3)
@@ -124,7 +132,7 @@ def dpm_solver_pp_3m_sample(
         x0 = _x0(model, schedule, x, t, y, guidance_scale, prediction, clip_x0)
         hist = [*hist[-2:], x0]
         if s < 0:
-            x = x0
+            x = final_x0(x, x0, _abar(schedule, t), final_step)
         else:
             order = min(3, i + 1)
             if lower_order_final and n < 15:
@@ -246,6 +254,7 @@ def unipc_sample(
     order: int = 2,
     corrector: bool = True,
     lower_order_final: bool = True,
+    final_step: str = "denoise",
 ) -> Tensor:
     """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast
     Sampling of Diffusion Models"): the UniP-p predictor with the UniC corrector, data
@@ -274,11 +283,16 @@ def unipc_sample(
     correction would be discarded, so it is not computed). ``order`` is p in 1..3;
     ``corrector=False`` gives UniP alone. ``num_steps`` model evaluations; deterministic
     (``generator``/``seeds`` unused).
+
+    ``final_step``: the step from the last timestep to clean data, ``"denoise"`` (x_0 = D, the
+    default) or ``"ode"`` (the trapezoidal step of the probability-flow ODE, for continuous
+    data; :func:`~ddpmkit.sampling_core.final_x0`).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     _check_x(x_T, y)
     ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
+    _check_final(final_step, ts)
     n = len(ts)
     x = x_T.float()
     lams: list[float] = []
@@ -303,7 +317,7 @@ def unipc_sample(
             )
         lams, x0s = [*lams[-2:], lam_t], [*x0s[-2:], x0]
         if s < 0:
-            x = x0
+            x = final_x0(x, x0, ab_t, final_step)
         else:
             p = min(order, i + 1, n - i) if lower_order_final else min(order, i + 1)
             ab_s = _abar(schedule, s)
@@ -344,6 +358,7 @@ def heun_sample(
     spacing: str = "karras",
     timesteps: Sequence[int] | None = None,
     clip_x0: float | None = None,
+    final_step: str = "denoise",
 ) -> Tensor:
     """Heun's second-order method on the probability-flow ODE, Karras et al. 2022 ("Elucidating
     the Design Space of Diffusion-Based Generative Models", Alg. 1, deterministic), on the VP
@@ -365,10 +380,13 @@ def heun_sample(
     schedule's own sigma at an integer time point of the grid, so the model is only called at
     the grid's timesteps (no interpolation between indices). The result is x_0 = y (abar = 1).
     Model evaluations: 2 n - 1 (two per step, one on the last); n = 3 costs 5.
-    Deterministic (``generator``/``seeds`` unused).
+    Deterministic (``generator``/``seeds`` unused). ``final_step="ode"`` replaces that last
+    Euler step by the trapezoidal one, y = (y_{n-1} + D) / 2
+    (:func:`~ddpmkit.sampling_core.final_x0`).
     """
     _check_x(x_T, y)
     ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)
+    _check_final(final_step, ts)
     n = len(ts)
 
     def alpha(t: int) -> float:
@@ -385,8 +403,8 @@ def heun_sample(
     for i, t in enumerate(ts):
         x0 = denoise(yk, t)
         if i + 1 == n:
-            yk = x0
-            x = x0
+            x = final_x0(alpha(t) * yk, x0, _abar(schedule, t), final_step)
+            yk = x
         else:
             s = ts[i + 1]
             sig_t, sig_s = sigma(t), sigma(s)

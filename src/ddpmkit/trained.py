@@ -250,6 +250,7 @@ class TrainedModel:
         guidance: float | None = None,
         guidance_interval: Sequence[float] | str | None = None,
         eta: float | None = None,
+        final_step: str | None = None,
         seed: int = 0,
         batch_size: int = 256,
         output: Literal["uint8", "tensor"] = "uint8",
@@ -279,6 +280,7 @@ class TrainedModel:
             guidance=guidance,
             guidance_interval=guidance_interval,
             eta=eta,
+            final_step=final_step,
         )
         y: Tensor | None
         if self.is_text:

@@ -26,6 +26,7 @@ from ddpmkit.diffusion import DEFAULT_VLB_WEIGHT, Prediction
 from ddpmkit.errors import ConfigError
 from ddpmkit.nn.unet import Conditioning
 from ddpmkit.sampling import Sampler, Spacing
+from ddpmkit.sampling_core import FinalStep
 from ddpmkit.schedule import ScheduleName
 from ddpmkit.text.registry import TextEncoderName
 from ddpmkit.training.config_checks import _check_choice, is_captioned, validate_config
@@ -219,6 +220,9 @@ class SampleConfig:
     # replace sampler/steps/spacing for the trained model (trained.py); "" = none. Training
     # previews ignore it (the grid is made for the finished model and may not exist yet).
     schedule_file: str = ""
+    # the step from the last timestep to clean data (sample_settings.SampleSettings): "denoise"
+    # (x_0 = D, right for 8-bit images) or "ode" (trapezoidal, for continuous data)
+    final_step: FinalStep = "denoise"
 
 
 @dataclass(frozen=True)
