@@ -63,7 +63,7 @@ from typing import Any
 import torch
 
 from ddpmkit.evaluation.oracle import mixture_sample, mode_stats, ring_means
-from ddpmkit.sampling import SAMPLERS, SPACINGS
+from ddpmkit.sampling import SAMPLERS, SPACINGS, make_timesteps
 from ddpmkit.schedule import NoiseSchedule
 from ddpmkit.step_schedule import optimise_timesteps
 
@@ -71,6 +71,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "samplers.md"
 OUT = ROOT / "benchmarks" / "results" / "solver_frontier.json"
 BEGIN, END = "<!-- solver-frontier:begin -->", "<!-- solver-frontier:end -->"
+# --final-step ode: every ddpmkit row ends with the trapezoidal ODE step to sigma = 0
+# (sampling_core.final_x0) instead of the x_0 estimate; its own JSON and table
+OUT_ODE = ROOT / "benchmarks" / "results" / "solver_frontier_ode_end.json"
+BEGIN_ODE, END_ODE = (
+    "<!-- solver-frontier-ode-end:begin -->",
+    "<!-- solver-frontier-ode-end:end -->",
+)
 BUDGETS = (3, 4, 5, 6, 8, 10, 15, 20)
 RING_STD = 0.05
 G_MU, G_STD, G_DIM = 0.5, 0.1, 16
@@ -189,7 +196,9 @@ def x_T(problem: str, n: int) -> torch.Tensor:
     )
 
 
-def ddpmkit_rows(n: int, only: list[str] | None = None) -> list[Row]:
+def ddpmkit_rows(n: int, only: list[str] | None = None, final_step: str = "denoise") -> list[Row]:
+    """Every runner x spacing x budget; with final_step "ode" the spacings whose grid does not
+    end at t = 0 (trailing) are skipped (the samplers refuse them)."""
     rows = []
     for problem, sched_name in PROBLEMS:
         sched = NoiseSchedule.from_name(sched_name, 1000)
@@ -200,6 +209,8 @@ def ddpmkit_rows(n: int, only: list[str] | None = None) -> list[Row]:
             for spacing in SPACINGS:
                 for budget in BUDGETS:
                     steps = (budget + 1) // 2 if key == "heun" else budget
+                    if final_step != "denoise" and make_timesteps(sched, steps, spacing)[-1] != 0:
+                        continue
                     oracle = Oracle(problem, sched)
                     x = SAMPLERS[key](
                         oracle,
@@ -208,6 +219,7 @@ def ddpmkit_rows(n: int, only: list[str] | None = None) -> list[Row]:
                         num_steps=steps,
                         spacing=spacing,
                         generator=torch.Generator().manual_seed(5),
+                        final_step=final_step,
                         **kw,
                     )
                     rows.append(
@@ -230,14 +242,16 @@ OPT_SOLVERS = ("dpmpp", "dpmpp3m", "unipc")
 OPT_BATCH, OPT_SEED, OPT_EVALS, OPT_STARTS = 512, 1, 300, 3
 
 
-def ode_rows(n: int, steps: int = 1000) -> list[Row]:
+def ode_rows(n: int, steps: int = 1000, final_step: str = "denoise") -> list[Row]:
     """The ODE's own answer: unipc on all 1,000 steps from the scored x_T (seed 0): the limit
     of every ODE solver on these x_T, whatever its grid (the last step returns the x_0
     estimate at t = 0, where sigma = 0.010 (linear) / 0.006 (cosine))."""
     rows = []
     for problem, sched_name in PROBLEMS:
         sched = NoiseSchedule.from_name(sched_name, 1000)
-        x = SAMPLERS["unipc"](Oracle(problem, sched), sched, x_T(problem, n), num_steps=steps)
+        x = SAMPLERS["unipc"](
+            Oracle(problem, sched), sched, x_T(problem, n), num_steps=steps, final_step=final_step
+        )
         rows.append(
             {
                 "problem": problem,
@@ -252,7 +266,7 @@ def ode_rows(n: int, steps: int = 1000) -> list[Row]:
     return rows
 
 
-def optimised_rows(n: int) -> list[Row]:
+def optimised_rows(n: int, final_step: str = "denoise") -> list[Row]:
     """Each solver with its grid optimised (ddpmkit.step_schedule, J = MSE to unipc 100 steps)
     per problem row and budget on OPT_BATCH draws of x_T from seed OPT_SEED, then scored on
     the n draws from seed 0 that every other row uses: the grid never saw the scored x_T."""
@@ -271,10 +285,18 @@ def optimised_rows(n: int) -> list[Row]:
                     budget,
                     max_evals=OPT_EVALS,
                     starts=OPT_STARTS,
-                    end_at_zero=False,  # the free end scored better here (docs/samplers.md)
+                    # the free end scored better here (docs/samplers.md); the ODE end needs t = 0
+                    end_at_zero=final_step == "ode",
+                    sampler_kwargs={"final_step": final_step},
                 )
                 oracle = Oracle(problem, sched)
-                x = SAMPLERS[name](oracle, sched, x_T(problem, n), timesteps=list(res.timesteps))
+                x = SAMPLERS[name](
+                    oracle,
+                    sched,
+                    x_T(problem, n),
+                    timesteps=list(res.timesteps),
+                    final_step=final_step,
+                )
                 rows.append(
                     {
                         "problem": problem,
@@ -554,10 +576,25 @@ def main() -> None:
         help="keep the fixed-spacing and diffusers rows of the results JSON (deterministic) "
         "and recompute only the exact, ODE and optimised-grid rows",
     )
+    ap.add_argument(
+        "--final-step",
+        choices=("denoise", "ode"),
+        default="denoise",
+        help="the ddpmkit samplers' last step (sampling_core.final_x0); ode writes its own JSON "
+        "and docs table, with diffusers' rows taken from the denoise JSON (they do not change)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    if args.reuse:
+    fin = args.final_step
+    out, begin, end = (OUT_ODE, BEGIN_ODE, END_ODE) if fin == "ode" else (OUT, BEGIN, END)
+    if fin == "ode":
+        diffusers_old = [r for r in json.loads(OUT.read_text())["rows"]
+                         if r["sampler"].startswith("diffusers")]  # fmt: skip
+        rows = exact_rows(args.n) + ode_rows(args.n, final_step=fin)
+        rows += ddpmkit_rows(args.n, final_step=fin) + optimised_rows(args.n, final_step=fin)
+        rows += diffusers_old
+    elif args.reuse:
         old = json.loads(OUT.read_text())["rows"]
         kept = [r for r in old if r["sampler"] not in ("exact", "ode")]
         kept = [r for r in kept if r.get("spacing") != "optimised"]
@@ -582,19 +619,20 @@ def main() -> None:
             "max_evals": OPT_EVALS,
             "starts": OPT_STARTS,
             "objective": "mse to unipc 100 logsnr steps",
-            "end_at_zero": False,
+            "end_at_zero": fin == "ode",
         },
+        "final_step": fin,
     }
-    OUT.write_text(json.dumps({"meta": meta, "rows": rows}, indent=0) + "\n")
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=0) + "\n")
     table = tables(rows)
     print(table)
-    print(f"\n{time.perf_counter() - start:.0f} s; wrote {OUT}")
+    print(f"\n{time.perf_counter() - start:.0f} s; wrote {out}")
     if args.write_docs:
         text = DOC.read_text()
-        block = f"{BEGIN}\n{table}\n{END}"
-        if BEGIN in text:
+        block = f"{begin}\n{table}\n{end}"
+        if begin in text:
             text = re.sub(
-                re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S
+                re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S
             )
         else:
             text += f"\n{block}\n"
