@@ -10,26 +10,10 @@ import pytest
 from PIL import Image
 
 import ddpmkit
+from _tiny import TINY_LABEL_UNET as TINY
 from ddpmkit.cli import main
 from ddpmkit.sampling import SAMPLERS, Guidance, initial_noise
 from ddpmkit.step_schedule import discrepancy
-
-TINY = [
-    "--set", 'data.name="digits"',
-    "--set", "model.base_channels=16",
-    "--set", "model.channel_mults=[1, 2]",
-    "--set", "model.attention_resolutions=[4]",
-    "--set", "model.groups=4",
-    "--set", "model.num_res_blocks=1",
-    "--set", "diffusion.num_steps=100",
-    "--set", "train.batch_size=32",
-    "--set", "train.log_every=5",
-    "--set", "train.sample_every=10",
-    "--set", "train.checkpoint_every=10",
-    "--set", "train.keep_checkpoints=2",
-    "--set", "sample.steps=5",
-    "--set", "sample.num=20",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

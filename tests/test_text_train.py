@@ -114,7 +114,7 @@ def test_bad_inputs(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_prompt_on_a_label_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.test_cli_e2e import TINY as LABEL_TINY
+    from _tiny import TINY_LABEL_UNET as LABEL_TINY
 
     run = tmp_path / "lab"
     assert main(["train", "fashion_mnist", "--out", str(run), "--steps", "2", "--no-progress",
