@@ -191,6 +191,14 @@ def test_toy_model_and_points(
                       "mmd2_data_floor"}  # fmt: skip
     assert report["reference"]["size"] == 400 and report["reference"]["seed"] != 0
     assert "400 fresh moons points" in report["depends_on"] and report["extractor"] is None
+    # the ODE's last step, for continuous data: named in the report, and its samples differ
+    ode, _ = run_eval(
+        [str(toy_model), "--num", "400", "--sampler", "dpmpp", "--steps", "10",
+         "--final-step", "ode", "--out", str(tmp_path / "ode")],
+        capsys,
+    )  # fmt: skip
+    assert "ode final step" in ode["depends_on"], ode["depends_on"]
+    assert np.isfinite(ode["metrics"]["sliced_wasserstein"])
     # Fresh data as "samples" sits at the floor; Gaussian noise far above it.
     good = write_npz(tmp_path / "good.npz", points=make_toy("moons", 400, seed=123).numpy())
     noise = write_npz(tmp_path / "noise.npz", points=np.random.default_rng(0).normal(size=(400, 2)))
@@ -395,6 +403,14 @@ def _bad_inputs(tmp: Path, run: Path) -> dict[str, tuple[list[str], tuple[str, .
         "steps out of range": ([str(run), "--steps", "500"], ("--steps: must be in [1, 100]",)),
         "eta for ddpm": (
             [str(run), "--sampler", "ddpm", "--eta", "0.5"], ("--eta: applies to sampler ddim",)
+        ),
+        "final step for samples": (
+            [str(tmp / "ok.npz"), "--dataset", "digits", "--final-step", "ode"],
+            ("--final-step: only for a model SOURCE",),
+        ),
+        "ode end on a trailing grid": (
+            [str(run), "--sampler", "ddim", "--steps", "4", "--final-step", "ode"],
+            ("--final-step: 'ode' needs a time grid that ends at t = 0",),
         ),
     }  # fmt: skip
 

@@ -85,6 +85,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--eta", type=float, default=None, help="noise in [0, 1] for ddim and dpmpp (default 0)"
     )
     p.add_argument(
+        "--final-step",
+        choices=("denoise", "ode"),
+        default=None,
+        help="the last step to clean data: denoise = the x_0 estimate, ode = the trapezoidal "
+        "probability-flow step for continuous data (default: the model's sample.final_step)",
+    )
+    p.add_argument(
         "--guidance",
         type=float,
         default=None,

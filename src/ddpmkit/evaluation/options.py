@@ -58,6 +58,9 @@ class EvalOptions:
     schedule_from: str | Path | None = None
     # Noise in [0, 1] of ddim and dpmpp. None: the model's sample.eta, else 0.
     eta: float | None = None
+    # The last step to clean data: "denoise" (x_0 estimate) or "ode" (trapezoidal, for
+    # continuous data). None: the model's sample.final_step, else denoise.
+    final_step: str | None = None
     # Classifier-free guidance scale. None: the model's sample.guidance, else 1.
     guidance: float | None = None
     # Guide only at noise levels sigma in (lo, hi] ("lo,hi", or "all" = every step). None: the

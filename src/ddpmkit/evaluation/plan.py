@@ -56,6 +56,7 @@ MODEL_ONLY = (
     "spacing",
     "schedule_from",
     "eta",
+    "final_step",
     "guidance",
     "guidance_interval",
     "seed",

@@ -93,6 +93,11 @@ def depends_on(report: dict[str, Any]) -> str:
         sp = f"{s['sampler']} sampler, {s['steps']} steps ({grid})"
         if s.get("guidance", 1.0) != 1.0:
             sp += f", guidance {s['guidance']}"
+            if s.get("guidance_interval"):
+                lo, hi = s["guidance_interval"]
+                sp += f" at sigma in ({lo:g}, {hi:g}]"
+        if s.get("final_step", "denoise") != "denoise":
+            sp += f", {s['final_step']} final step"
         parts.append(sp)
     ref = report.get("reference")
     if ref and "seed" in ref:

@@ -44,6 +44,7 @@ def draw_samples(
         guidance=opts.guidance,
         guidance_interval=opts.guidance_interval,
         eta=opts.eta,
+        final_step=opts.final_step,
     )
     labels = model.labels_for(num)  # class-balanced: sample i has class i mod K
     x = model.sample(
