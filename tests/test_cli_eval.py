@@ -12,17 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from _tiny import TINY_DIGITS_UNET
 from ddpmkit.cli import main
 
 TINY_DIGITS = [
-    "--set", 'data.name="digits"',
-    "--set", "model.base_channels=16",
-    "--set", "model.channel_mults=[1, 2]",
-    "--set", "model.attention_resolutions=[4]",
-    "--set", "model.groups=4",
-    "--set", "model.num_res_blocks=1",
-    "--set", "diffusion.num_steps=100",
-    "--set", "train.batch_size=32",
+    *TINY_DIGITS_UNET,
     "--set", 'train.precision="fp32"',
     "--set", "train.log_every=10",
     "--set", "train.sample_every=0",
