@@ -20,6 +20,7 @@ Deterministic (fixed seeds, exact predictors): only the wall time depends on the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -73,19 +74,23 @@ def leading(rows: list[Row], budget: int, diffusers: bool) -> list[tuple[str, st
     return [(s, sp, sc) for sc, (s, sp) in sorted(scored)[:TOP]]
 
 
+@functools.cache
+def _diffusers_configs() -> dict[str, tuple[Any, dict[str, Any], int]]:
+    """diffusers' configurations by "diffusers NAME/SPACING", built once."""
+    return {f"diffusers {name}": (cls, kw, per) for name, cls, kw, per in diffusers_configs()}
+
+
 def run_config(
     rows: list[Row], sampler: str, spacing: str, budget: int, final_step: str, n: int
 ) -> list[Row]:
     """One configuration of a frontier JSON on every problem row, from the seed-7 x_T."""
     out = []
-    configs = {f"diffusers {name.split('/')[0]}/{name.split('/')[1]}": (cls, kw, per)
-               for name, cls, kw, per in diffusers_configs()}  # fmt: skip
     for problem, sched_name in PROBLEMS:
         sched = NoiseSchedule.from_name(sched_name, 1000)
         oracle = Oracle(problem, sched)
         x0 = x_T(problem, n)
         if sampler.startswith("diffusers"):
-            cls, kw, per = configs[f"{sampler}/{spacing}"]
+            cls, kw, per = _diffusers_configs()[f"{sampler}/{spacing}"]
             steps = (budget + 1) // 2 if per == 2 else budget
             x = run_diffusers(cls, kw, sched, oracle, x0, steps).float()
         else:

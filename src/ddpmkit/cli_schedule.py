@@ -149,8 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     x_T = initial_noise((args.batch, *model.sample_shape), seeds=seeds).to(model.device)
     log(
         f"optimising {steps} {sampler} timesteps on {args.batch} noises (seeds {args.seed}..), "
-        f"{guidance_words(guided)}, reference unipc {args.reference_steps} "
-        "steps"
+        f"{guidance_words(guided)}, reference unipc {args.reference_steps} steps"
     )
     dev = model.device.type
     autocast = torch.autocast(dev, dtype=torch.bfloat16) if model.compute.bf16 else nullcontext()

@@ -151,9 +151,7 @@ class SampleSettings:
                 ts = sampling_timesteps(schedule, None, "trailing", self.timesteps)
             except ValueError as e:
                 raise SettingsError("timesteps", str(e).removeprefix("timesteps: ")) from None
-            return self._with_final_checked(
-                replace(self, steps=len(ts), spacing=None, timesteps=tuple(ts)), ts
-            )
+            return replace(self, steps=len(ts), spacing=None, timesteps=tuple(ts))._final_fits(ts)
         default = DEFAULT_STEPS[self.sampler]
         steps = self.steps if self.steps is not None else min(default or T, T)
         if not 1 <= steps <= T:
@@ -164,16 +162,17 @@ class SampleSettings:
                 "spacing", f"{spacing!r} is not allowed; expected one of {SPACINGS}"
             )
         done = replace(self, steps=steps, spacing=spacing)
-        return self._with_final_checked(done, make_timesteps(schedule, steps, spacing))
+        if self.final_step == "denoise":  # any grid will do: no need to build it
+            return done
+        return done._final_fits(make_timesteps(schedule, steps, spacing))
 
-    @staticmethod
-    def _with_final_checked(settings: SampleSettings, ts: Sequence[int]) -> SampleSettings:
-        """``settings``, if their final step suits the grid ``ts`` (see ``_check_final``)."""
+    def _final_fits(self, ts: Sequence[int]) -> SampleSettings:
+        """These settings, if their final step suits the grid ``ts`` (``_check_final``)."""
         try:
-            _check_final(settings.final_step, ts)
+            _check_final(self.final_step, ts)
         except ValueError as e:
             raise SettingsError("final_step", str(e).removeprefix("final_step=")) from None
-        return settings
+        return self
 
     def guidance_scale(self) -> float | Guidance:
         """What the samplers' ``guidance_scale`` takes: w, or w in the noise interval."""

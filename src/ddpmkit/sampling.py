@@ -222,12 +222,10 @@ def ddim_sample(
         sigma = eta * math.sqrt((1 - ab_s) / (1 - ab_t)) * math.sqrt(1 - ab_t / ab_s)
         if s < 0:
             x = final_x0(x, x0, ab_t, final_step)
-            if callback is not None:
-                callback(StepInfo(i, len(ts), t, x, x0))
-            break
-        x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            x = x + sigma * _randn(tuple(x.shape), generator, gens, x.device)
+        else:
+            x = math.sqrt(ab_s) * x0 + math.sqrt(max(1 - ab_s - sigma**2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * _randn(tuple(x.shape), generator, gens, x.device)
         if callback is not None:
             callback(StepInfo(i, len(ts), t, x, x0))
     return x
