@@ -192,3 +192,19 @@ def test_minilm_end_to_end_offline(tmp_path: Path) -> None:
     z = np.load(out / "samples.npz")
     assert z["images"].shape == (2, 1, 8, 8) and list(z["prompts"]) == [CAPTIONS[0], CAPTIONS[2]]
     assert not any((tmp_path / "hf").rglob("*.safetensors"))  # no model landed in a hub cache
+
+
+def test_a_run_with_the_token_refiner_and_query_positions_trains_saves_and_loads(
+    tmp_path: Path,
+) -> None:
+    root = _folder(tmp_path / "images")
+    out = tmp_path / "run"
+    args = ["train", "fashion_mnist", "--out", str(out), "--steps", "3", "--no-progress", *TINY,
+            "--set", f'data.root="{root}"', "--set", "model.unet.text_refiner_layers=1",
+            "--set", "model.unet.cross_attention_positions=true"]  # fmt: skip
+    assert main(args) == 0
+    model = ddpmkit.load(out)
+    unet = model.network.net  # type: ignore[union-attr]
+    assert unet.cfg.text_refiner_layers == 1 and unet.mid_cross.positions
+    imgs = model.sample(2, prompts=[CAPTIONS[0], CAPTIONS[1]], seed=0)
+    assert imgs.shape == (2, 8, 8, 1)

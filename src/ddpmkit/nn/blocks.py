@@ -14,6 +14,8 @@ faster there). Outputs are returned in the memory format of the input.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +25,7 @@ from ddpmkit.nn.groupnorm import group_norm_act
 __all__ = [
     "CrossAttention",
     "Downsample",
+    "TokenRefiner",
     "PLAIN_ATTENTION_MAX_LEN",
     "ResBlock",
     "SelfAttention",
@@ -31,6 +34,8 @@ __all__ = [
     "is_channels_last",
     "merge_heads",
     "plain_attention",
+    "position_grid",
+    "sinusoids",
     "split_heads",
     "zero_init",
 ]
@@ -169,18 +174,47 @@ class SelfAttention(nn.Module):
         return x + self.proj(merge_heads(attention(q, k, v), x))
 
 
+def sinusoids(pos: Tensor, dim: int) -> Tensor:
+    """(N,) positions -> (N, dim): [sin(p w_k), cos(p w_k)], w_k = 10000^(-k / (dim/2)), k <
+    dim/2 (Vaswani et al. 2017, sec. 3.5); ``dim`` even."""
+    k = torch.arange(dim // 2, device=pos.device, dtype=torch.float32)
+    angles = pos.float()[:, None] * torch.exp(-math.log(10000.0) * k / (dim // 2))[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def position_grid(channels: int, h: int, w: int, device: torch.device | None = None) -> Tensor:
+    """(1, channels, h, w) fixed 2-D sin-cos position code (MAE / DiT): the first half of the
+    channels encodes the row, the second half the column, each with :func:`sinusoids` over
+    its index; ``channels`` divisible by 4."""
+    rows = sinusoids(torch.arange(h, device=device), channels // 2)  # (h, C/2)
+    cols = sinusoids(torch.arange(w, device=device), channels // 2)  # (w, C/2)
+    grid = torch.cat(
+        [rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=-1
+    )  # (h, w, C)
+    return grid.permute(2, 0, 1)[None]
+
+
 class CrossAttention(nn.Module):
-    """x + proj(MHA(q = GN(x), k = v = tokens)); pixels attend to condition tokens (B, L, D).
+    """x + proj(MHA(q = GN(x) [+ P], k = v = tokens)); pixels attend to condition tokens (B, L, D).
 
     ``mask`` (B, L) bool, True for real tokens: padding (False) takes no part, so appending
     padding tokens of any value leaves the output unchanged. Each row needs one real token.
+    With ``positions`` the queries are computed from GN(x) + P, P the fixed 2-D sin-cos code of
+    each pixel's (row, column) (:func:`position_grid`): the query then says *where* the pixel is,
+    so a head can fetch "the garment named on the left" for the left half. Without it a pixel
+    knows its place only through the convolutions' zero padding.
     """
 
-    def __init__(self, channels: int, cond_dim: int, num_heads: int, groups: int):
+    def __init__(
+        self, channels: int, cond_dim: int, num_heads: int, groups: int, positions: bool = False
+    ):
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide the channel count {channels}")
+        if positions and channels % 4:
+            raise ValueError(f"query positions need a channel count divisible by 4, got {channels}")
         self.heads, self.head_dim = num_heads, channels // num_heads
+        self.positions = positions
         self.norm = nn.GroupNorm(groups, channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.kv = nn.Linear(cond_dim, 2 * channels)
@@ -188,11 +222,66 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         h = group_norm_act(self.norm, x, act=False)
+        if self.positions:
+            _, c, hh, ww = h.shape
+            h = h + position_grid(c, hh, ww, h.device).to(h.dtype)
         q = split_heads(self.q(h), self.head_dim)  # (B, heads, HW, d)
         b, length, _ = tokens.shape
         kv = self.kv(tokens).to(q.dtype)  # (B, L, 2C); same dtype as q outside autocast too
         k, v = kv.reshape(b, length, 2 * self.heads, self.head_dim).transpose(1, 2).chunk(2, 1)
         return x + self.proj(merge_heads(attention(q, k, v, mask), x))
+
+
+class TokenRefiner(nn.Module):
+    """A small trainable transformer over the frozen encoder's (projected) tokens.
+
+    ``layers`` pre-LayerNorm blocks t + MHA(LN(t)), t + MLP(LN(t)) (Vaswani et al. 2017 with
+    the pre-norm of Xiong et al. 2020), the input first given the fixed 1-D :func:`sinusoids` of
+    each token's index; the last sub-layer of every block is zero-initialised, so the refiner
+    starts as the identity (plus positions). Padding keys are masked out, so appending padding
+    changes no real token's output. A frozen sentence encoder's contextual tokens carry word
+    order, but weakly for *which garment is where*: a probe (2 learned queries attending to the
+    tokens, supervised with the scene layout) reached 0.37 both-correct on held-out class pairs
+    from the raw MiniLM tokens and 0.87-0.90 with two such blocks in front (1,500 steps; the
+    issue 15 notes). GLIDE and Imagen likewise train or refine the text side with the image model.
+    """
+
+    def __init__(self, dim: int, num_heads: int, layers: int):
+        super().__init__()
+        if dim % num_heads or dim % 2:
+            raise ValueError(f"num_heads={num_heads} must divide the even token width {dim}")
+        self.heads, self.dim = num_heads, dim
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            self.blocks.append(
+                nn.ModuleDict(
+                    {
+                        "norm1": nn.LayerNorm(dim),
+                        "qkv": nn.Linear(dim, 3 * dim),
+                        "proj": zero_init(nn.Linear(dim, dim)),
+                        "norm2": nn.LayerNorm(dim),
+                        "mlp": nn.Sequential(
+                            nn.Linear(dim, 2 * dim), nn.GELU(), zero_init(nn.Linear(2 * dim, dim))
+                        ),
+                    }
+                )
+            )
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """(B, L, dim), (B, L) bool (True = real token) -> (B, L, dim). A row without a real
+        token is computed as if all its tokens were real (finite; the caller ignores it)."""
+        b, length, _ = tokens.shape
+        keys = mask | ~mask.any(dim=1, keepdim=True)  # no fully masked row: no 0/0
+        pos = sinusoids(torch.arange(length, device=tokens.device), self.dim)
+        t = tokens + pos.to(tokens.dtype)[None]
+        d = self.dim // self.heads
+        for blk in self.blocks:
+            qkv = blk["qkv"](blk["norm1"](t))  # (B, L, 3 dim)
+            q, k, v = qkv.view(b, length, 3 * self.heads, d).transpose(1, 2).chunk(3, dim=1)
+            a = attention(q, k, v, keys).transpose(1, 2).reshape(b, length, self.dim)
+            t = t + blk["proj"](a)
+            t = t + blk["mlp"](blk["norm2"](t))
+        return t
 
 
 class Downsample(nn.Module):

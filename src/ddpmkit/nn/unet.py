@@ -8,8 +8,9 @@ Shapes: ``forward(x: (B, C, H, W), t: (B,) long, y: (B,) long | None, text=None)
 Text (``text_dim > 0``): ``text = (tokens (B, L, text_dim) float, mask (B, L) bool, pooled
 (B, text_dim))``, e.g. a ``ddpmkit.text.TextEncoding`` (a named tuple; ``nn`` does not import
 ``text``). With "add" in ``text_conditioning`` the pooled vector goes through an MLP and joins the
-time embedding (seed 001); with "cross" the tokens, LayerNorm-ed and projected, are the keys and
-values of cross-attention from the pixels, padding masked out (seed 000, Stable Diffusion). A row
+time embedding (seed 001); with "cross" the tokens, LayerNorm-ed and projected (and, with
+``text_refiner_layers``, re-read by a small trainable transformer), are the keys and values of
+cross-attention from the pixels, padding masked out (seed 000, Stable Diffusion). A row
 whose mask is all False is the *null condition* (the empty prompt; ``text=None`` for every row):
 its pooled vector is replaced by a learned one (``text_null_pooled``) and its only key is a
 learned null token (``text_null_token``), which is present, masked out, in every other row, so a
@@ -43,6 +44,7 @@ from ddpmkit.nn.blocks import (
     Downsample,
     ResBlock,
     SelfAttention,
+    TokenRefiner,
     Upsample,
     zero_init,
 )
@@ -101,6 +103,12 @@ class UNetConfig:
             row and column in [-1, 1] (CoordConv, Liu et al. 2018): convolutions and attention
             without positional encodings know where they are only through the zero padding,
             and spatial prompts ("a bag to the left of a sandal") need the absolute position.
+        cross_attention_positions: cross-attention queries computed from GN(x) plus a fixed
+            2-D sin-cos code of the pixel's (row, column) (``blocks.CrossAttention``), so a
+            pixel's query says where it is; every level width must be divisible by 4.
+        text_refiner_layers: trainable transformer blocks over the projected text tokens
+            before cross-attention (``blocks.TokenRefiner``; 0 = none): the frozen encoder's
+            tokens re-read with the image model's loss. Needs "cross" in text_conditioning.
     """
 
     in_channels: int = 1
@@ -122,6 +130,8 @@ class UNetConfig:
     text_dim: int = 0
     text_conditioning: Conditioning = "add+cross"
     cross_attention_resolutions: tuple[int, ...] | None = None
+    cross_attention_positions: bool = False
+    text_refiner_layers: int = 0
 
     def __post_init__(self) -> None:
         # Lists (from TOML/JSON configs) become tuples so the config stays hashable and equal to
@@ -210,6 +220,20 @@ class UNetConfig:
                 )
         if self.text_dim < 0:
             raise ValueError(f"text_dim must be >= 0 (0 = no text), got {self.text_dim}")
+        if self.text_refiner_layers < 0:
+            raise ValueError(
+                f"text_refiner_layers must be >= 0 (0 = none), got {self.text_refiner_layers}"
+            )
+        if self.text_refiner_layers and "cross" not in self.text_conditioning:
+            raise ValueError(
+                "text_refiner_layers refines the cross-attention tokens: it needs 'cross' in "
+                f"text_conditioning, got {self.text_conditioning!r}"
+            )
+        if self.cross_attention_positions and any(c % 4 for c in levels):
+            raise ValueError(
+                "cross_attention_positions needs every level width divisible by 4, got "
+                f"{levels}"
+            )
         if self.num_classes < 0:
             raise ValueError(
                 f"num_classes must be >= 0 (0 = unconditional), got {self.num_classes}"
@@ -295,6 +319,12 @@ class UNet(nn.Module):
             nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cond_dim)) if text_cross else None
         )
         self.text_null_token = nn.Parameter(torch.randn(1, cond_dim) * 0.02) if text_cross else None
+        self.text_refiner = (
+            TokenRefiner(cond_dim, cfg.num_heads, cfg.text_refiner_layers)
+            if text_cross and cfg.text_refiner_layers > 0
+            else None
+        )
+        pos = cfg.cross_attention_positions
         use_cross = cfg.uses_cross
 
         def level(c_in: int, c_out: int, size: int) -> _Level:
@@ -303,7 +333,7 @@ class UNet(nn.Module):
             return _Level(
                 ResBlock(c_in, c_out, emb_dim, g, cfg.dropout, cfg.scale_shift),
                 SelfAttention(c_out, cfg.num_heads, g) if at else None,
-                CrossAttention(c_out, cond_dim, cfg.num_heads, g) if cross else None,
+                CrossAttention(c_out, cond_dim, cfg.num_heads, g, pos) if cross else None,
             )
 
         sizes = cfg.level_sizes()
@@ -323,7 +353,7 @@ class UNet(nn.Module):
                 skips.append(ch)
         self.mid1 = ResBlock(ch, ch, emb_dim, g, cfg.dropout, cfg.scale_shift)
         self.mid_attn = SelfAttention(ch, cfg.num_heads, g)
-        self.mid_cross = CrossAttention(ch, cond_dim, cfg.num_heads, g) if use_cross else None
+        self.mid_cross = CrossAttention(ch, cond_dim, cfg.num_heads, g, pos) if use_cross else None
         self.mid2 = ResBlock(ch, ch, emb_dim, g, cfg.dropout, cfg.scale_shift)
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(cfg.channel_mults))):
@@ -426,6 +456,8 @@ class UNet(nn.Module):
             return emb, label_tokens, None
         assert self.text_null_token is not None
         ctx = self.text_tokens(tok)  # (B, L, cond_dim)
+        if self.text_refiner is not None:
+            ctx = self.text_refiner(ctx, mask)
         null_tok = self.text_null_token.to(ctx.dtype).expand(b, 1, -1)  # (B, 1, cond_dim)
         ctx = torch.cat([null_tok, ctx], dim=1)  # (B, 1 + L, cond_dim)
         ctx_mask = torch.cat([null[:, None], mask], dim=1)  # null rows see only the null token

@@ -71,6 +71,8 @@ class UNetSection:
     # text (captioned data): how the prompt enters ("add" pooled, "cross" tokens, "add+cross")
     text_conditioning: Conditioning = "add+cross"
     cross_attention_resolutions: tuple[int, ...] = ()  # () = the attention_resolutions
+    cross_attention_positions: bool = False  # queries know their pixel's (row, column)
+    text_refiner_layers: int = 0  # trainable transformer blocks over the frozen text tokens
 
 
 @dataclass(frozen=True)
