@@ -4,14 +4,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import ddpmkit
-from ddpmkit.cli import main
 from ddpmkit.nn.blocks import CrossAttention, TokenRefiner, position_grid, sinusoids
 from ddpmkit.nn.unet import UNet, UNetConfig
 
@@ -73,7 +70,9 @@ def test_refiner_padding_changes_no_real_token_and_a_null_row_stays_finite() -> 
     t = torch.randn(2, 4, 16)
     mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0]], dtype=torch.bool)
     out = ref(t, mask)
-    padded = ref(torch.cat([t, torch.randn(2, 3, 16)], 1), torch.cat([mask, mask[:, :3] & False], 1))
+    padded = ref(
+        torch.cat([t, torch.randn(2, 3, 16)], 1), torch.cat([mask, mask[:, :3] & False], 1)
+    )
     assert torch.allclose(out[0, :3], padded[0, :3], atol=1e-5)
     assert torch.isfinite(out).all() and torch.isfinite(padded).all()
     # the refiner does mix tokens: changing a real token changes the others

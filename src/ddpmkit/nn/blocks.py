@@ -232,12 +232,36 @@ class CrossAttention(nn.Module):
         return x + self.proj(merge_heads(attention(q, k, v, mask), x))
 
 
+class _RefinerBlock(nn.Module):
+    """t + proj(MHA(LN(t))), then t + MLP(LN(t)); both last layers zero-initialised."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.heads, self.dim = num_heads, dim
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = zero_init(nn.Linear(dim, dim))
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), zero_init(nn.Linear(2 * dim, dim))
+        )
+
+    def forward(self, t: Tensor, keys: Tensor) -> Tensor:
+        b, length, _ = t.shape
+        qkv = self.qkv(self.norm1(t))  # (B, L, 3 dim)
+        d = self.dim // self.heads
+        q, k, v = qkv.view(b, length, 3 * self.heads, d).transpose(1, 2).chunk(3, dim=1)
+        a = attention(q, k, v, keys).transpose(1, 2).reshape(b, length, self.dim)
+        t = t + self.proj(a)
+        return t + self.mlp(self.norm2(t))
+
+
 class TokenRefiner(nn.Module):
     """A small trainable transformer over the frozen encoder's (projected) tokens.
 
     ``layers`` pre-LayerNorm blocks t + MHA(LN(t)), t + MLP(LN(t)) (Vaswani et al. 2017 with
     the pre-norm of Xiong et al. 2020), the input first given the fixed 1-D :func:`sinusoids` of
-    each token's index; the last sub-layer of every block is zero-initialised, so the refiner
+    each token's index; the last layer of every sub-block is zero-initialised, so the refiner
     starts as the identity (plus positions). Padding keys are masked out, so appending padding
     changes no real token's output. A frozen sentence encoder's contextual tokens carry word
     order, but weakly for *which garment is where*: a probe (2 learned queries attending to the
@@ -250,37 +274,17 @@ class TokenRefiner(nn.Module):
         super().__init__()
         if dim % num_heads or dim % 2:
             raise ValueError(f"num_heads={num_heads} must divide the even token width {dim}")
-        self.heads, self.dim = num_heads, dim
-        self.blocks = nn.ModuleList()
-        for _ in range(layers):
-            self.blocks.append(
-                nn.ModuleDict(
-                    {
-                        "norm1": nn.LayerNorm(dim),
-                        "qkv": nn.Linear(dim, 3 * dim),
-                        "proj": zero_init(nn.Linear(dim, dim)),
-                        "norm2": nn.LayerNorm(dim),
-                        "mlp": nn.Sequential(
-                            nn.Linear(dim, 2 * dim), nn.GELU(), zero_init(nn.Linear(2 * dim, dim))
-                        ),
-                    }
-                )
-            )
+        self.dim = dim
+        self.blocks = nn.ModuleList(_RefinerBlock(dim, num_heads) for _ in range(layers))
 
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """(B, L, dim), (B, L) bool (True = real token) -> (B, L, dim). A row without a real
         token is computed as if all its tokens were real (finite; the caller ignores it)."""
-        b, length, _ = tokens.shape
         keys = mask | ~mask.any(dim=1, keepdim=True)  # no fully masked row: no 0/0
-        pos = sinusoids(torch.arange(length, device=tokens.device), self.dim)
+        pos = sinusoids(torch.arange(tokens.shape[1], device=tokens.device), self.dim)
         t = tokens + pos.to(tokens.dtype)[None]
-        d = self.dim // self.heads
         for blk in self.blocks:
-            qkv = blk["qkv"](blk["norm1"](t))  # (B, L, 3 dim)
-            q, k, v = qkv.view(b, length, 3 * self.heads, d).transpose(1, 2).chunk(3, dim=1)
-            a = attention(q, k, v, keys).transpose(1, 2).reshape(b, length, self.dim)
-            t = t + blk["proj"](a)
-            t = t + blk["mlp"](blk["norm2"](t))
+            t = blk(t, keys)
         return t
 
 

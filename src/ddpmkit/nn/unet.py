@@ -231,8 +231,7 @@ class UNetConfig:
             )
         if self.cross_attention_positions and any(c % 4 for c in levels):
             raise ValueError(
-                "cross_attention_positions needs every level width divisible by 4, got "
-                f"{levels}"
+                f"cross_attention_positions needs every level width divisible by 4, got {levels}"
             )
         if self.num_classes < 0:
             raise ValueError(
