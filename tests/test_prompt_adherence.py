@@ -176,6 +176,7 @@ def test_a_faithful_model_scores_one_everywhere(bank: dict[str, Any], tmp_path: 
     assert sec["single_held_out_phrasings"] == {"prompts": 60, "samples": 120, "accuracy": 1.0}
     assert sec["scene_held_out_pairs"]["both_correct"] == 1.0
     assert sec["scene_held_out_phrasings"]["both_correct"] == 1.0
+    assert sec["scene_held_out_pairs"]["both_present"] == 1.0
     assert sec["word_swap"] == {
         "pairs": 5, "samples": 20, "same_noise": True, "halves_swap": 1.0, "both_correct": 1.0,
     }  # fmt: skip
@@ -198,6 +199,7 @@ def test_a_model_blind_to_word_order_and_attributes(bank: dict[str, Any], tmp_pa
     for name in ("scene_held_out_pairs", "scene_held_out_phrasings"):
         want = np.mean([c.left <= c.right for c in groups[name]])
         assert sec[name]["both_correct"] == pytest.approx(want)
+        assert sec[name]["both_present"] == 1.0  # the right garments, sides ignored
     assert sec["scene_held_out_pairs"]["both_correct"] == pytest.approx(0.5)
     assert sec["word_swap"]["halves_swap"] == 0.0 and sec["word_swap"]["both_correct"] == 0.0
     # always the darkest image: every "dark" prompt right, every "light" one wrong, no pair darker

@@ -214,6 +214,7 @@ def _measure(images: Tensor, cases: Sequence[PromptCase], per: int, scenes: bool
     if scenes and bool((b >= 0).any()):
         m["left"], m["right"] = _classes(left_img), _classes(right_img)
         m["ok"] = scene_correct(m["left"], m["right"], a, b)
+        m["present"] = m["ok"] | scene_correct(m["left"], m["right"], b, a)
         return m
     m["class_ok"] = m["centre"] == a
     m["ok"] = m["class_ok"]
@@ -240,7 +241,10 @@ def _score_group(
     if name not in PAIRED_GROUPS:
         m = _measure(images["all"], cases, per, scenes)
         key = "accuracy" if name.startswith("single") else "both_correct"
-        return {"prompts": len(cases), "samples": len(cases) * per, key: _mean(m["ok"])}
+        single = {"prompts": len(cases), "samples": len(cases) * per, key: _mean(m["ok"])}
+        if "present" in m:  # placement apart from recognition: the named pair on either halves
+            single["both_present"] = _mean(m["present"])
+        return single
     m1 = _measure(images["first"], cases[0::2], per, scenes)
     m2 = _measure(images["second"], cases[1::2], per, scenes)
     pairs = pair_scores(m1, m2)
@@ -267,6 +271,8 @@ METRIC_INFO = {
     "the named class",
     "both_correct": "share of samples with both garments on their named halves "
     "(fashion_mnist classifier on each half)",
+    "both_present": "share of samples showing both named garments, on either halves (placement "
+    "ignored; both_correct / both_present = 0.5 is placement at chance)",
     "halves_swap": "share of same-noise pairs whose halves' classes exchange when the words "
     "are swapped",
     "named": "share of samples whose measured attribute is the named one",

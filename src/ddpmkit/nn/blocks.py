@@ -263,11 +263,11 @@ class TokenRefiner(nn.Module):
     the pre-norm of Xiong et al. 2020), the input first given the fixed 1-D :func:`sinusoids` of
     each token's index; the last layer of every sub-block is zero-initialised, so the refiner
     starts as the identity (plus positions). Padding keys are masked out, so appending padding
-    changes no real token's output. A frozen sentence encoder's contextual tokens carry word
-    order, but weakly for *which garment is where*: a probe (2 learned queries attending to the
-    tokens, supervised with the scene layout) reached 0.37 both-correct on held-out class pairs
-    from the raw MiniLM tokens and 0.87-0.90 with two such blocks in front (1,500 steps; the
-    issue 15 notes). GLIDE and Imagen likewise train or refine the text side with the image model.
+    changes no real token's output. The idea (GLIDE trains its text transformer with the image
+    model): a frozen sentence encoder's contextual tokens carry word order only weakly for
+    *which garment is where*, and a trainable stage can re-read them with the image loss. On
+    the fashion_text preset's 30-minute budget it did not improve placement (docs/tour.md,
+    section 9; ``benchmarks/text_binding.py`` measures both).
     """
 
     def __init__(self, dim: int, num_heads: int, layers: int):
