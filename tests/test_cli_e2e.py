@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import ddpmkit
@@ -135,8 +136,11 @@ def test_schedule_optimises_the_guidance_the_run_samples_with(run: Path, tmp_pat
 
     def j(**over: object) -> float:
         k = {**kw, **over}
-        ref = SAMPLERS["unipc"](net, sched, x_T, num_steps=20, spacing="logsnr", **k)
-        x = SAMPLERS[data["sampler"]](net, sched, x_T, timesteps=data["timesteps"], **k)
+        # the command's numeric path: bf16 autocast where the CPU has native bf16, else fp32
+        bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.compute.bf16)
+        with bf16:
+            ref = SAMPLERS["unipc"](net, sched, x_T, num_steps=20, spacing="logsnr", **k)
+            x = SAMPLERS[data["sampler"]](net, sched, x_T, timesteps=data["timesteps"], **k)
         return discrepancy(x, ref, "mse")
 
     assert j() == pytest.approx(data["objective"], rel=1e-5)
