@@ -14,12 +14,11 @@ faster there). Outputs are returned in the memory format of the input.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddpmkit.nn.embeddings import sinusoidal_embedding
 from ddpmkit.nn.groupnorm import group_norm_act
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "merge_heads",
     "plain_attention",
     "position_grid",
-    "sinusoids",
     "split_heads",
     "zero_init",
 ]
@@ -174,20 +172,12 @@ class SelfAttention(nn.Module):
         return x + self.proj(merge_heads(attention(q, k, v), x))
 
 
-def sinusoids(pos: Tensor, dim: int) -> Tensor:
-    """(N,) positions -> (N, dim): [sin(p w_k), cos(p w_k)], w_k = 10000^(-k / (dim/2)), k <
-    dim/2 (Vaswani et al. 2017, sec. 3.5); ``dim`` even."""
-    k = torch.arange(dim // 2, device=pos.device, dtype=torch.float32)
-    angles = pos.float()[:, None] * torch.exp(-math.log(10000.0) * k / (dim // 2))[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-
 def position_grid(channels: int, h: int, w: int, device: torch.device | None = None) -> Tensor:
     """(1, channels, h, w) fixed 2-D sin-cos position code (MAE / DiT): the first half of the
-    channels encodes the row, the second half the column, each with :func:`sinusoids` over
-    its index; ``channels`` divisible by 4."""
-    rows = sinusoids(torch.arange(h, device=device), channels // 2)  # (h, C/2)
-    cols = sinusoids(torch.arange(w, device=device), channels // 2)  # (w, C/2)
+    channels encodes the row, the second half the column, each the Transformer encoding of its
+    index (:func:`~ddpmkit.nn.embeddings.sinusoidal_embedding`); ``channels`` divisible by 4."""
+    rows = sinusoidal_embedding(torch.arange(h, device=device), channels // 2)  # (h, C/2)
+    cols = sinusoidal_embedding(torch.arange(w, device=device), channels // 2)  # (w, C/2)
     grid = torch.cat(
         [rows[:, None, :].expand(h, w, -1), cols[None, :, :].expand(h, w, -1)], dim=-1
     )  # (h, w, C)
@@ -215,6 +205,7 @@ class CrossAttention(nn.Module):
             raise ValueError(f"query positions need a channel count divisible by 4, got {channels}")
         self.heads, self.head_dim = num_heads, channels // num_heads
         self.positions = positions
+        self._grid: Tensor | None = None  # position_grid of the last map size, device, dtype
         self.norm = nn.GroupNorm(groups, channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.kv = nn.Linear(cond_dim, 2 * channels)
@@ -223,13 +214,20 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         h = group_norm_act(self.norm, x, act=False)
         if self.positions:
-            _, c, hh, ww = h.shape
-            h = h + position_grid(c, hh, ww, h.device).to(h.dtype)
+            h = h + self._position_grid(h)
         q = split_heads(self.q(h), self.head_dim)  # (B, heads, HW, d)
         b, length, _ = tokens.shape
         kv = self.kv(tokens).to(q.dtype)  # (B, L, 2C); same dtype as q outside autocast too
         k, v = kv.reshape(b, length, 2 * self.heads, self.head_dim).transpose(1, 2).chunk(2, 1)
         return x + self.proj(merge_heads(attention(q, k, v, mask), x))
+
+    def _position_grid(self, h: Tensor) -> Tensor:
+        """:func:`position_grid` for h's size, device and dtype, built once, not every step."""
+        _, c, hh, ww = h.shape
+        g = self._grid
+        if g is None or g.shape[-2:] != (hh, ww) or g.device != h.device or g.dtype != h.dtype:
+            g = self._grid = position_grid(c, hh, ww, h.device).to(h.dtype)
+        return g
 
 
 class _RefinerBlock(nn.Module):
@@ -260,14 +258,15 @@ class TokenRefiner(nn.Module):
     """A small trainable transformer over the frozen encoder's (projected) tokens.
 
     ``layers`` pre-LayerNorm blocks t + MHA(LN(t)), t + MLP(LN(t)) (Vaswani et al. 2017 with
-    the pre-norm of Xiong et al. 2020), the input first given the fixed 1-D :func:`sinusoids` of
-    each token's index; the last layer of every sub-block is zero-initialised, so the refiner
-    starts as the identity (plus positions). Padding keys are masked out, so appending padding
-    changes no real token's output. The idea (GLIDE trains its text transformer with the image
-    model): a frozen sentence encoder's contextual tokens carry word order only weakly for
-    *which garment is where*, and a trainable stage can re-read them with the image loss. On
-    the fashion_text preset's 30-minute budget it did not improve placement (docs/tour.md,
-    section 9; ``benchmarks/text_binding.py`` measures both).
+    the pre-norm of Xiong et al. 2020), the input first given the Transformer encoding of each
+    token's index (:func:`~ddpmkit.nn.embeddings.sinusoidal_embedding`); the last layer of
+    every sub-block is zero-initialised, so the refiner starts as the identity (plus
+    positions). Padding keys are masked out, so appending padding changes no real token's
+    output. The idea (GLIDE trains its text transformer with the image model): a frozen
+    sentence encoder's contextual tokens carry word order only weakly for *which garment is
+    where*, and a trainable stage can re-read them with the image loss. On the fashion_text
+    preset's 30-minute budget it did not improve placement (docs/tour.md, section 9;
+    ``benchmarks/text_binding.py`` measures both).
     """
 
     def __init__(self, dim: int, num_heads: int, layers: int):
@@ -281,7 +280,7 @@ class TokenRefiner(nn.Module):
         """(B, L, dim), (B, L) bool (True = real token) -> (B, L, dim). A row without a real
         token is computed as if all its tokens were real (finite; the caller ignores it)."""
         keys = mask | ~mask.any(dim=1, keepdim=True)  # no fully masked row: no 0/0
-        pos = sinusoids(torch.arange(tokens.shape[1], device=tokens.device), self.dim)
+        pos = sinusoidal_embedding(torch.arange(tokens.shape[1], device=tokens.device), self.dim)
         t = tokens + pos.to(tokens.dtype)[None]
         for blk in self.blocks:
             t = blk(t, keys)
