@@ -287,6 +287,29 @@ class TokenRefiner(nn.Module):
         return t
 
 
+class TokenPool(nn.Module):
+    """Attention pooling of tokens into one vector: a learned query q attends to the tokens,
+    ``out = W_o sum_l softmax_l(q . W_k t_l / sqrt(dim)) W_v t_l`` over the real tokens only
+    (CLIP's attention pool, one head, for text). Unlike the encoder's mean pool it can weight
+    tokens by their content and position, so a text side trained for it (``ddpmkit.text.
+    align``) can put *which garment is where* into one vector."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(dim) * dim**-0.5)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """(B, L, dim), (B, L) bool (True = real) -> (B, dim); a row without a real token
+        pools over all its tokens (finite; the caller replaces it with its null)."""
+        keys = mask | ~mask.any(dim=1, keepdim=True)
+        k, v = self.kv(tokens).chunk(2, dim=-1)
+        scores = (k @ self.query.to(k.dtype)) / k.shape[-1] ** 0.5  # (B, L)
+        weights = scores.masked_fill(~keys, float("-inf")).softmax(dim=-1)
+        return self.out((weights[..., None] * v).sum(dim=1))  # type: ignore[no-any-return]
+
+
 class Downsample(nn.Module):
     """Halve H and W with a stride-2 3x3 conv."""
 

@@ -44,6 +44,7 @@ from ddpmkit.nn.blocks import (
     Downsample,
     ResBlock,
     SelfAttention,
+    TokenPool,
     TokenRefiner,
     Upsample,
     zero_init,
@@ -109,6 +110,11 @@ class UNetConfig:
         text_refiner_layers: trainable transformer blocks over the projected text tokens
             before cross-attention (``blocks.TokenRefiner``; 0 = none): the frozen encoder's
             tokens re-read with the image model's loss. Needs "cross" in text_conditioning.
+        text_pooling: the vector "add" puts into the time embedding: "encoder" (the text
+            encoder's own pooled vector) or "attention" (``blocks.TokenPool`` over the
+            projected, refined tokens: a learned, order-aware pool, which
+            ``ddpmkit.text.align`` can pre-train against the images). "attention" needs "add"
+            and "cross" in text_conditioning.
     """
 
     in_channels: int = 1
@@ -132,6 +138,7 @@ class UNetConfig:
     cross_attention_resolutions: tuple[int, ...] | None = None
     cross_attention_positions: bool = False
     text_refiner_layers: int = 0
+    text_pooling: Literal["encoder", "attention"] = "encoder"
 
     def __post_init__(self) -> None:
         # Lists (from TOML/JSON configs) become tuples so the config stays hashable and equal to
@@ -229,6 +236,15 @@ class UNetConfig:
                 "text_refiner_layers refines the cross-attention tokens: it needs 'cross' in "
                 f"text_conditioning, got {self.text_conditioning!r}"
             )
+        if self.text_pooling not in ("encoder", "attention"):
+            raise ValueError(
+                f"text_pooling must be 'encoder' or 'attention', got {self.text_pooling!r}"
+            )
+        if self.text_pooling == "attention" and self.text_conditioning != "add+cross":
+            raise ValueError(
+                "text_pooling 'attention' pools the cross-attention tokens into the added "
+                f"vector: it needs text_conditioning 'add+cross', got {self.text_conditioning!r}"
+            )
         if self.cross_attention_positions and any(c % 4 for c in levels):
             raise ValueError(
                 f"cross_attention_positions needs every level width divisible by 4, got {levels}"
@@ -308,8 +324,11 @@ class UNet(nn.Module):
         d = cfg.text_dim
         text_add = d > 0 and "add" in cfg.text_conditioning
         text_cross = d > 0 and "cross" in cfg.text_conditioning
+        attn_pool = text_add and cfg.text_pooling == "attention"
+        d_pool = cond_dim if attn_pool else d
+        self.text_pool = TokenPool(cond_dim) if attn_pool else None
         self.text_pooled = (
-            nn.Sequential(nn.Linear(d, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            nn.Sequential(nn.Linear(d_pool, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
             if text_add
             else None
         )
@@ -447,16 +466,17 @@ class UNet(nn.Module):
         tok, pooled = tok.to(x.device, torch.float32), pooled.to(x.device, torch.float32)
         mask = mask.to(device=x.device, dtype=torch.bool)
         null = ~mask.any(dim=1)  # (B,) rows without a real token: the null condition
+        ctx = self.text_context(tok, mask) if self.text_tokens is not None else None
         if self.text_pooled is not None:
             assert self.text_null_pooled is not None
+            if self.text_pool is not None:
+                assert ctx is not None
+                pooled = self.text_pool(ctx, mask)
             p = self.text_pooled(pooled)  # (B, 4 * base)
             emb = emb + torch.where(null[:, None], self.text_null_pooled.to(p.dtype), p)
-        if self.text_tokens is None:
+        if ctx is None:
             return emb, label_tokens, None
         assert self.text_null_token is not None
-        ctx = self.text_tokens(tok)  # (B, L, cond_dim)
-        if self.text_refiner is not None:
-            ctx = self.text_refiner(ctx, mask)
         null_tok = self.text_null_token.to(ctx.dtype).expand(b, 1, -1)  # (B, 1, cond_dim)
         ctx = torch.cat([null_tok, ctx], dim=1)  # (B, 1 + L, cond_dim)
         ctx_mask = torch.cat([null[:, None], mask], dim=1)  # null rows see only the null token
@@ -465,6 +485,16 @@ class UNet(nn.Module):
             ctx = torch.cat([label_tokens.to(ctx.dtype), ctx], dim=1)
             ctx_mask = torch.cat([ones, ctx_mask], dim=1)
         return emb, ctx, ctx_mask
+
+    def text_context(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """The text tokens as cross-attention sees them: LN -> Linear to the conditioning
+        width, then the refiner if any; (B, L, text_dim), (B, L) -> (B, L, cond_dim). Also
+        what ``text_pool`` pools and what ``ddpmkit.text.align`` trains."""
+        assert self.text_tokens is not None
+        ctx = self.text_tokens(tokens)
+        if self.text_refiner is not None:
+            ctx = self.text_refiner(ctx, mask)
+        return ctx  # type: ignore[no-any-return]
 
     def _middle(
         self, h: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None = None

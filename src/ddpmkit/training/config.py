@@ -73,6 +73,9 @@ class UNetSection:
     cross_attention_resolutions: tuple[int, ...] = ()  # () = the attention_resolutions
     cross_attention_positions: bool = False  # queries know their pixel's (row, column)
     text_refiner_layers: int = 0  # trainable transformer blocks over the frozen text tokens
+    # the vector "add" joins to the time embedding: "encoder" (its pooled vector) or
+    # "attention" (a learned pool of the cross-attention tokens; what text.align_steps trains)
+    text_pooling: Literal["encoder", "attention"] = "encoder"
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,13 @@ class TextConfig:
 
     encoder: TextEncoderName = "minilm"  # ddpmkit.text.TEXT_ENCODERS
     max_length: int = 32  # tokens kept per prompt; longer prompts are truncated (one warning)
+    # > 0: before diffusion, this many contrastive steps (CLIP's loss, mirrored images as
+    # negatives) train the U-Net's text side against a small image tower (ddpmkit.text.align);
+    # needs model.unet.text_pooling = "attention". Counted in train.time_limit_min.
+    align_steps: int = 0
+    align_batch: int = 256
+    align_lr: float = 1e-3
+    align_freeze: bool = True  # keep the aligned text side fixed during diffusion training
 
 
 @dataclass(frozen=True)

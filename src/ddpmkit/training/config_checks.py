@@ -231,6 +231,17 @@ def _check_text(cfg: RunConfig) -> None:
         raise ConfigError(f"data.scene_share: must be in [0, 1], got {dt.scene_share}")
     if cfg.text.max_length < 1:
         raise ConfigError(f"text.max_length: must be >= 1, got {cfg.text.max_length}")
+    t = cfg.text
+    if t.align_steps < 0 or t.align_batch < 2 or t.align_lr <= 0:
+        raise ConfigError(
+            "text.align_steps must be >= 0, text.align_batch >= 2 and text.align_lr > 0, got "
+            f"{t.align_steps}, {t.align_batch}, {t.align_lr}"
+        )
+    if t.align_steps and cfg.model.unet.text_pooling != "attention":
+        raise ConfigError(
+            "text.align_steps trains the attention pool of the text tokens: set "
+            "model.unet.text_pooling = 'attention' (or text.align_steps = 0)"
+        )
     if dt.captions and dt.name != "folder":
         raise ConfigError(
             f"data.captions: only for data.name = 'folder' (got {dt.name!r}); the captioned "

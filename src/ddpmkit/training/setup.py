@@ -59,6 +59,8 @@ class RunSetup:
     batcher: Batcher
     meta_base: dict[str, Any]
     start_step: int
+    # seconds spent before the first step that train.time_limit_min counts (text alignment)
+    pre_seconds: float = 0.0
 
     @property
     def device(self) -> torch.device:
@@ -199,9 +201,11 @@ def build_run(cfg: RunConfig, *, resume: bool, log: Callable[[str], None]) -> Ru
     sched = build_schedule(cfg.diffusion)
     torch.manual_seed(cfg.train.seed + dist.rank)
     text_meta: dict[str, Any] | None = None
+    align: dict[str, Any] | None = None
     if data.is_text:  # the U-Net behind TextConditioned: y = caption id, -1 = null prompt
         model, text_meta = build_text_model(cfg, data, sched.num_steps, log)
         model = model.to(device)
+        align = _align_text(cfg, model, data, fresh=loaded is None, log=log)
     else:
         model = build_model(
             cfg.model,
@@ -240,10 +244,42 @@ def build_run(cfg: RunConfig, *, resume: bool, log: Callable[[str], None]) -> Ru
     }
     if text_meta is not None:
         meta_base["text_encoder"] = text_meta
+    if align is not None:
+        meta_base["text_align"] = align
     return RunSetup(
         cfg, dist, data, sched, sched.to(device), model, _wrap(model, cfg, dist), ema, opt, gen,
         cpath, sync_free, Batcher(data, cfg, sched, dist), meta_base, step,
+        align["seconds"] if align is not None else 0.0,
     )  # fmt: skip
+
+
+def _align_text(
+    cfg: RunConfig, model: nn.Module, data: TrainData, *, fresh: bool, log: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """``text.align_steps`` of contrastive pre-training of the text side (``ddpmkit.text.
+    align``) on a fresh run; on a resumed one only the freeze (the checkpoint has the
+    weights). Every rank runs the same steps from the same seed, so the ranks agree."""
+    t = cfg.text
+    if not t.align_steps:
+        return None
+    from ddpmkit.text.align import align_text_side, text_side_parameters
+
+    if not fresh:
+        if t.align_freeze:
+            for p in text_side_parameters(model.net):  # type: ignore[arg-type]
+                p.requires_grad_(False)
+        return None
+    assert data.labels is not None
+    stats, _ = align_text_side(
+        model, data.x, data.labels, steps=t.align_steps, batch_size=t.align_batch,
+        lr=t.align_lr, seed=cfg.train.seed, freeze=t.align_freeze, log=log,
+    )  # fmt: skip
+    log(
+        f"text alignment: {stats['steps']} steps in {stats['seconds']:.0f} s, loss "
+        f"{stats['loss']:.3f}, caption prefers its image to the mirror in "
+        f"{100 * stats['mirror_accuracy']:.0f}% of rows"
+    )
+    return stats
 
 
 def prepare_run_dir(run: RunSetup, log: Callable[[str], None]) -> None:

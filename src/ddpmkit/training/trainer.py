@@ -107,7 +107,7 @@ class Trainer:
         """Train until a stop rule or an interrupt; checkpoint; export the EMA model."""
         s = self.state
         s.t0 = time.perf_counter()
-        s.deadline = deadline_for(self.cfg, s.t0)
+        s.deadline = deadline_for(self.cfg, s.t0 - self.run.pre_seconds)  # alignment counts
         self.emit("on_start")
         self.window.reset(time.perf_counter())
         try:
