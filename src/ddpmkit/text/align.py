@@ -44,18 +44,18 @@ __all__ = [
 
 
 class ImageTower(nn.Module):
-    """(B, C, H, W) in [-1, 1] -> (B, dim): three 3x3 convs (strides 1, 2, 2; SiLU), the
-    (64, H/4, W/4) map flattened (position kept) and projected to ``dim``."""
+    """(B, C, H, W) in [-1, 1] -> (B, dim): two stride-2 3x3 convs (SiLU), the (width, H/4,
+    W/4) map flattened (position kept) and projected to ``dim``. Both convs strided: a first
+    full-resolution conv measured 7.5x the time per batch (28x56, one thread) for a tower
+    that only has to tell garments and halves apart."""
 
     def __init__(self, channels: int, hw: tuple[int, int], dim: int, width: int = 64):
         super().__init__()
         h, w = (hw[0] + 3) // 4, (hw[1] + 3) // 4
         self.convs = nn.Sequential(
-            nn.Conv2d(channels, width // 2, 3, padding=1),
+            nn.Conv2d(channels, width // 2, 3, stride=2, padding=1),
             nn.SiLU(),
             nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1),
             nn.SiLU(),
         )
         self.proj = nn.Linear(width * h * w, dim)
