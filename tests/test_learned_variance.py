@@ -514,3 +514,71 @@ def test_saved_run_without_the_keys_still_loads(runs: dict[str, Path]) -> None:
     m = load(run)
     assert m.config.diffusion.learn_sigma is False
     assert np.array_equal(m.sample(num=3, sampler="ddpm", steps=5, seed=1), before)
+
+
+def _ddpm_output_variance(abar: torch.Tensor, ts: list[int], s2: float, var: str) -> float:
+    """Var[x_0] that DDPM ancestral sampling with the exact posterior-mean predictor gives for
+    N(mu, s2) data, by the linear recursion of its steps: with g_t = abar_t s2 + 1 - abar_t,
+    E[x_0 | x_t] is affine in x_t with slope sqrt(abar_t) s2 / g_t, and a step t -> s is
+    x_s = (c0 slope + cx) x_t + const + sigma z, so v_s = (c0 slope + cx)^2 v_t + sigma^2;
+    the last step (to s = -1) returns E[x_0 | x_t] itself. v starts at 1 (x_T ~ N(0, 1))."""
+    v = 1.0
+    for i, t in enumerate(ts):
+        ab_t = float(abar[t])
+        slope = math.sqrt(ab_t) * s2 / (ab_t * s2 + 1 - ab_t)
+        if i + 1 == len(ts):
+            return slope**2 * v
+        ab_s = float(abar[ts[i + 1]])
+        beta = 1 - ab_t / ab_s
+        c0 = math.sqrt(ab_s) * beta / (1 - ab_t)
+        cx = math.sqrt(ab_t / ab_s) * (1 - ab_s) / (1 - ab_t)
+        sigma2 = beta if var == "beta" else beta * (1 - ab_s) / (1 - ab_t)
+        v = (c0 * slope + cx) ** 2 * v + sigma2
+    raise AssertionError("unreachable")
+
+
+def test_sample_settings_variance_reaches_ddpm_and_matches_the_recursion() -> None:
+    from ddpmkit.evaluation.oracle import GaussianOracle
+    from ddpmkit.sample_settings import SampleSettings, SettingsError, draw
+
+    sched = NoiseSchedule.from_name("linear", 1000)
+    mu, s = 0.3, 0.5
+    oracle = GaussianOracle(sched, mu, s)
+    ts = [999, 600, 250, 60, 0]
+    got = {}
+    for var in ("beta", "posterior"):
+        settings = SampleSettings(sampler="ddpm", timesteps=tuple(ts), variance=var)
+        r = settings.resolve(sched, conditional=False)
+        assert f"variance {var}" in r.describe() and r.as_dict()["variance"] == var
+        x = draw(oracle, sched, r, shape=(1,), num=20000, seed=0).double()
+        want = _ddpm_output_variance(sched.alphas_bar.double(), ts, s**2, var)
+        got[var] = float(x.var())
+        # 20,000 samples: the sample variance's relative s.e. is sqrt(2 / N) = 1%
+        assert got[var] == pytest.approx(want, rel=0.05), (var, got[var], want)
+    assert got["beta"] > got["posterior"] * 1.05  # the two settings are distinguishable here
+    with pytest.raises(SettingsError, match="variance: applies to sampler ddpm"):
+        SampleSettings(sampler="dpmpp", variance="posterior").resolve(sched, conditional=False)
+    with pytest.raises(SettingsError, match="variance: 'wide' is not allowed"):
+        SampleSettings(sampler="ddpm", variance="wide").resolve(sched, conditional=False)
+
+
+def test_sample_variance_flag(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ddpmkit.cli import main
+
+    base = ["sample", "--sampler", "ddpm", "--steps", "5", "--num", "2", "--label", "1"]
+    fixed, learned = str(runs["fixed"]), str(runs["learned"])
+    capsys.readouterr()
+    assert main([base[0], fixed, *base[1:], "--variance", "posterior",
+                 "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+    assert "variance posterior" in capsys.readouterr().err.splitlines()[0]
+    assert main([base[0], learned, *base[1:], "--variance", "beta",
+                 "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    line = capsys.readouterr().err.splitlines()[0]
+    assert "variance beta" in line and "learned variances" not in line
+    assert main([base[0], fixed, *base[1:], "--variance", "learned",
+                 "--out", str(tmp_path / "c")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert "learn_sigma = true" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c").exists()

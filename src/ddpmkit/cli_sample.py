@@ -72,6 +72,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="noise in [0, 1]: DDIM eta; for dpmpp, eta > 0 is SDE-DPM-Solver++(2M)",
     )
     p.add_argument(
+        "--variance",
+        choices=("beta", "posterior", "learned"),
+        default=None,
+        help="DDPM's reverse variance (--sampler ddpm only): beta (Ho et al.), posterior "
+        "(beta~: closer to the long chain at 10-20 steps) or learned; default: the model's "
+        "learned variances if it has them, else beta",
+    )
+    p.add_argument(
         "--final-step",
         choices=("denoise", "ode"),
         default=None,
@@ -235,6 +243,7 @@ def _sample(
         guidance_interval=args.guidance_interval,
         eta=args.eta,
         final_step=args.final_step,
+        variance=getattr(args, "variance", None),
         seed=args.seed,
         batch_size=args.batch_size,
         output="tensor",

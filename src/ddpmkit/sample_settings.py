@@ -42,6 +42,9 @@ from ddpmkit.schedule import NoiseSchedule
 __all__ = ["SampleSettings", "SettingsError", "check_eta", "draw"]
 
 
+VARIANCES = ("beta", "posterior", "learned")  # ddpm_sample's fixed and learned choices
+
+
 def check_eta(eta: float, sampler: str) -> None:
     """eta in [0, 1], and nonzero only for the samplers whose noise it sets (ddim, dpmpp)."""
     if not 0.0 <= eta <= 1.0:
@@ -67,6 +70,10 @@ class SampleSettings:
     ``final_step`` is the step from the last timestep to clean data: "denoise" (x_0 = D, the
     default; right for 8-bit images) or "ode" (the trapezoidal probability-flow step, for
     continuous data; :func:`~ddpmkit.sampling_core.final_x0`).
+    ``variance`` is DDPM's reverse variance (sampler "ddpm" only): None = the model's own
+    (learned for a learned-variance model, else beta), "beta" (Ho et al.'s sigma_t^2 =
+    beta_t), "posterior" (beta~, the better fixed choice for short chains:
+    benchmarks/learned_variance.py) or "learned".
     ``origin`` is prose for the log line: where the values came from.
     """
 
@@ -79,6 +86,7 @@ class SampleSettings:
     eta: float = 0.0
     schedule_file: str | None = None
     final_step: str = "denoise"
+    variance: str | None = None
     origin: str = "ddpmkit's defaults"
 
     @classmethod
@@ -94,6 +102,7 @@ class SampleSettings:
             guidance_interval=_interval(section.get("guidance_interval")),
             eta=float(section.get("eta", 0.0)),
             final_step=str(section.get("final_step", "denoise")),
+            variance=str(section["variance"]) if section.get("variance") else None,
             origin="the run's [sample] section",
         )
 
@@ -131,6 +140,15 @@ class SampleSettings:
                 "sampler", f"{self.sampler!r} is not a sampler; expected one of {list(SAMPLERS)}"
             )
         check_eta(self.eta, self.sampler)
+        if self.variance is not None:
+            if self.variance not in VARIANCES:
+                raise SettingsError(
+                    "variance", f"{self.variance!r} is not allowed; expected one of {VARIANCES}"
+                )
+            if self.sampler != "ddpm":
+                raise SettingsError(
+                    "variance", f"applies to sampler ddpm only (the {self.sampler} solver has none)"
+                )
         if self.final_step not in FINAL_STEPS:
             raise SettingsError(
                 "final_step", f"{self.final_step!r} is not allowed; expected one of {FINAL_STEPS}"
@@ -197,6 +215,8 @@ class SampleSettings:
             parts.append(f"eta {self.eta:g}")
         if self.final_step != "denoise":
             parts.append(f"{self.final_step} final step")
+        if self.variance is not None:
+            parts.append(f"variance {self.variance}")
         return f"{', '.join(parts)} ({self.origin})"
 
     def as_dict(self) -> dict[str, Any]:
@@ -217,6 +237,8 @@ class SampleSettings:
             d["eta"] = self.eta
         if self.final_step != "denoise":
             d["final_step"] = self.final_step
+        if self.variance is not None:
+            d["variance"] = self.variance
         return d
 
 
@@ -255,6 +277,8 @@ def draw(
         extra["eta"] = settings.eta
     if settings.final_step != "denoise":
         extra["final_step"] = settings.final_step
+    if settings.variance is not None:
+        extra["variance"] = settings.variance
     if settings.timesteps is not None:
         extra["timesteps"] = list(settings.timesteps)
     else:

@@ -251,6 +251,7 @@ class TrainedModel:
         guidance_interval: Sequence[float] | str | None = None,
         eta: float | None = None,
         final_step: str | None = None,
+        variance: str | None = None,
         seed: int = 0,
         batch_size: int = 256,
         output: Literal["uint8", "tensor"] = "uint8",
@@ -281,7 +282,12 @@ class TrainedModel:
             guidance_interval=guidance_interval,
             eta=eta,
             final_step=final_step,
+            variance=variance,
         )
+        if settings.variance == "learned" and not self.config.diffusion.learn_sigma:
+            raise SettingsError(
+                "variance", "'learned' needs a model trained with diffusion.learn_sigma = true"
+            )
         y: Tensor | None
         if self.is_text:
             if labels is not None:
@@ -295,7 +301,11 @@ class TrainedModel:
             y = labels if isinstance(labels, Tensor) else self.labels_for(num, labels)
         if log is not None:
             variance = ""
-            if self.config.diffusion.learn_sigma and settings.sampler == "ddpm":
+            if (
+                self.config.diffusion.learn_sigma
+                and settings.sampler == "ddpm"
+                and settings.variance in (None, "learned")
+            ):
                 variance = "; the network's learned variances"  # the ODE solvers ignore them
             log(f"sampling {num}: {settings.describe()}{variance}")
         x = draw(

@@ -104,7 +104,7 @@ class Aligner(nn.Module):
         unet: Any = model.net  # a TextConditioned U-Net
         if getattr(unet, "text_pool", None) is None:
             raise ValueError("text alignment needs model.unet.text_pooling = 'attention'")
-        self._model: list[Any] = [model]  # not a submodule: the U-Net's weights are not the aligner's
+        self._model: list[Any] = [model]  # not a submodule: the U-Net keeps its own weights
         dim = int(unet.text_pool.out.out_features)
         with torch.random.fork_rng():  # the run's global stream is left as it was
             torch.manual_seed(seed)
