@@ -16,7 +16,7 @@ mean |x_AB - x_CD| for the same noise and an unrelated pair's prompt: 0 = order 
 1 = order matters as much as which garments are named. Continuous, so it moves before the
 thresholded ``word_swap`` adherence of ``ddpm eval`` does.
 
-``align``: the contrastive text alignment (``ddpmkit.text.align``, ``text.align_steps``) on
+``align``: the contrastive text alignment (``ddpmkit.training.text_align``, ``text.align_steps``) on
 the fashion_text preset's own data and U-Net text side: after each block of steps, the share of
 scenes whose caption scores its image above the image's mirror (= the swapped scene), on
 fresh training-pair scenes and on held-out class pairs (the test split's garments, training
@@ -177,9 +177,9 @@ def order_sensitivity(run: str, per_prompt: int = 4) -> dict[str, Any]:
 def align_curve(steps: int, every: int, overrides: list[str]) -> dict[str, Any]:
     from ddpmkit.data.captions import fashion_scenes
     from ddpmkit.text import encode_all
-    from ddpmkit.text.align import align_text_side
     from ddpmkit.training.build import build_text_encoder_for, build_text_model, load_train_data
     from ddpmkit.training.config import load_config
+    from ddpmkit.training.text_align import align_text_side
 
     sets = ['model.unet.text_pooling="attention"', "train.num_threads=1", *overrides]
     cfg = load_config("fashion_text", sets)

@@ -1,4 +1,4 @@
-"""Contrastive text alignment (text.align_steps, ddpmkit.text.align) and the attention pool
+"""Contrastive text alignment (text.align_steps, ddpmkit.training.text_align) and the attention pool
 of the text tokens (model.unet.text_pooling = "attention")."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from ddpmkit.cli import main
 from ddpmkit.nn.blocks import TokenPool
 from ddpmkit.nn.unet import UNet, UNetConfig
-from ddpmkit.text.align import align_text_side, contrastive_loss, text_side_parameters
 from ddpmkit.training.callbacks import Callback
 from ddpmkit.training.config import load_config
 from ddpmkit.training.loop import train
+from ddpmkit.training.text_align import align_text_side, contrastive_loss, text_side_parameters
 from test_text_train import CAPTIONS, TINY, _folder
 
 

@@ -113,8 +113,8 @@ class UNetConfig:
         text_pooling: the vector "add" puts into the time embedding: "encoder" (the text
             encoder's own pooled vector) or "attention" (``blocks.TokenPool`` over the
             projected, refined tokens: a learned, order-aware pool, which
-            ``ddpmkit.text.align`` can pre-train against the images). "attention" needs "add"
-            and "cross" in text_conditioning.
+            ``ddpmkit.training.text_align`` can pre-train against the images). "attention"
+            needs "add" and "cross" in text_conditioning.
     """
 
     in_channels: int = 1
@@ -489,7 +489,7 @@ class UNet(nn.Module):
     def text_context(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """The text tokens as cross-attention sees them: LN -> Linear to the conditioning
         width, then the refiner if any; (B, L, text_dim), (B, L) -> (B, L, cond_dim). Also
-        what ``text_pool`` pools and what ``ddpmkit.text.align`` trains."""
+        what ``text_pool`` pools and what ``ddpmkit.training.text_align`` trains."""
         assert self.text_tokens is not None
         ctx = self.text_tokens(tokens)
         if self.text_refiner is not None:

@@ -162,7 +162,8 @@ class TextConfig:
     encoder: TextEncoderName = "minilm"  # ddpmkit.text.TEXT_ENCODERS
     max_length: int = 32  # tokens kept per prompt; longer prompts are truncated (one warning)
     # > 0: before diffusion, this many contrastive steps (CLIP's loss, mirrored images as
-    # negatives) train the U-Net's text side against a small image tower (ddpmkit.text.align);
+    # negatives) train the U-Net's text side against a small image tower
+    # (ddpmkit.training.text_align);
     # needs model.unet.text_pooling = "attention". Counted in train.time_limit_min.
     align_steps: int = 0
     align_batch: int = 256

@@ -262,7 +262,7 @@ def _align_text(
     t = cfg.text
     if not t.align_steps:
         return None
-    from ddpmkit.text.align import align_text_side, text_side_parameters
+    from ddpmkit.training.text_align import align_text_side, text_side_parameters
 
     if not fresh:
         if t.align_freeze:
