@@ -32,6 +32,7 @@ from ddpmkit.sampling import (
     SAMPLERS,
     SPACINGS,
     STOCHASTIC_ETA,
+    VARIANCES,
     Callback,
     initial_noise,
     sampling_timesteps,
@@ -40,9 +41,6 @@ from ddpmkit.sampling_core import FINAL_STEPS, Guidance, _check_final, make_time
 from ddpmkit.schedule import NoiseSchedule
 
 __all__ = ["SampleSettings", "SettingsError", "check_eta", "draw"]
-
-
-VARIANCES = ("beta", "posterior", "learned")  # ddpm_sample's fixed and learned choices
 
 
 def check_eta(eta: float, sampler: str) -> None:

@@ -79,6 +79,7 @@ __all__ = [
     "Sampler",
     "Spacing",
     "StepInfo",
+    "VARIANCES",
     "ddim_invert",
     "ddim_sample",
     "ddpm_sample",
@@ -93,6 +94,10 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- samplers
+
+
+# DDPM's reverse variances by name (ddpm_sample's ``variance``; None = the model's own)
+VARIANCES = ("beta", "posterior", "learned")
 
 
 @torch.no_grad()
@@ -134,10 +139,8 @@ def ddpm_sample(
     default) or ``"ode"`` (the trapezoidal step of the probability-flow ODE, for continuous
     data; :func:`~ddpmkit.sampling_core.final_x0`).
     """
-    if variance not in (None, "beta", "posterior", "learned"):
-        raise ValueError(
-            f"unknown variance {variance!r}; expected one of [None, 'beta', 'posterior', 'learned']"
-        )
+    if variance is not None and variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; expected None or one of {VARIANCES}")
     _check_x(x_T, y)
     gens = _per_sample_generators(seeds, x_T.shape[0])
     ts = sampling_timesteps(schedule, num_steps, spacing, timesteps)

@@ -230,6 +230,12 @@ class CrossAttention(nn.Module):
         return g
 
 
+def attendable(mask: Tensor) -> Tensor:
+    """(B, L) bool keys -> the keys attention may use: a row without a real token attends to
+    all of its tokens (finite, never 0/0; the caller replaces such a row by its null)."""
+    return mask | ~mask.any(dim=1, keepdim=True)
+
+
 class _RefinerBlock(nn.Module):
     """t + proj(MHA(LN(t))), then t + MLP(LN(t)); both last layers zero-initialised."""
 
@@ -279,7 +285,7 @@ class TokenRefiner(nn.Module):
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """(B, L, dim), (B, L) bool (True = real token) -> (B, L, dim). A row without a real
         token is computed as if all its tokens were real (finite; the caller ignores it)."""
-        keys = mask | ~mask.any(dim=1, keepdim=True)  # no fully masked row: no 0/0
+        keys = attendable(mask)
         pos = sinusoidal_embedding(torch.arange(tokens.shape[1], device=tokens.device), self.dim)
         t = tokens + pos.to(tokens.dtype)[None]
         for blk in self.blocks:
@@ -291,8 +297,8 @@ class TokenPool(nn.Module):
     """Attention pooling of tokens into one vector: a learned query q attends to the tokens,
     ``out = W_o sum_l softmax_l(q . W_k t_l / sqrt(dim)) W_v t_l`` over the real tokens only
     (CLIP's attention pool, one head, for text). Unlike the encoder's mean pool it can weight
-    tokens by their content and position, so a text side trained for it (``ddpmkit.text.
-    align``) can put *which garment is where* into one vector."""
+    tokens by their content and position, so a text side trained for it
+    (``ddpmkit.training.text_align``) can put *which garment is where* into one vector."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -303,11 +309,10 @@ class TokenPool(nn.Module):
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """(B, L, dim), (B, L) bool (True = real) -> (B, dim); a row without a real token
         pools over all its tokens (finite; the caller replaces it with its null)."""
-        keys = mask | ~mask.any(dim=1, keepdim=True)
-        k, v = self.kv(tokens).chunk(2, dim=-1)
-        scores = (k @ self.query.to(k.dtype)) / k.shape[-1] ** 0.5  # (B, L)
-        weights = scores.masked_fill(~keys, float("-inf")).softmax(dim=-1)
-        return self.out((weights[..., None] * v).sum(dim=1))  # type: ignore[no-any-return]
+        k, v = self.kv(tokens)[:, None].chunk(2, dim=-1)  # (B, 1 head, L, dim) each
+        q = self.query.to(k.dtype).expand(k.shape[0], 1, 1, -1)  # (B, 1, 1 query, dim)
+        pooled = attention(q, k, v, attendable(mask))[:, 0, 0]  # (B, dim)
+        return self.out(pooled)  # type: ignore[no-any-return]
 
 
 class Downsample(nn.Module):

@@ -256,9 +256,10 @@ def build_run(cfg: RunConfig, *, resume: bool, log: Callable[[str], None]) -> Ru
 def _align_text(
     cfg: RunConfig, model: nn.Module, data: TrainData, *, fresh: bool, log: Callable[[str], None]
 ) -> dict[str, Any] | None:
-    """``text.align_steps`` of contrastive pre-training of the text side (``ddpmkit.text.
-    align``) on a fresh run; on a resumed one only the freeze (the checkpoint has the
-    weights). Every rank runs the same steps from the same seed, so the ranks agree."""
+    """``text.align_steps`` of contrastive pre-training of the text side
+    (``ddpmkit.training.text_align``) on a fresh run; on a resumed one only the freeze (the
+    checkpoint has the weights). Every rank runs the same steps from the same seed, so the
+    ranks agree."""
     t = cfg.text
     if not t.align_steps:
         return None

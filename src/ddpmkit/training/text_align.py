@@ -39,6 +39,7 @@ __all__ = [
     "ImageTower",
     "align_text_side",
     "contrastive_loss",
+    "mirror_wins",
     "text_side_parameters",
 ]
 
@@ -94,6 +95,12 @@ def text_side_parameters(unet: nn.Module) -> list[nn.Parameter]:
     return out
 
 
+def mirror_wins(z_text: Tensor, z_image: Tensor, z_mirror: Tensor) -> float:
+    """Share of rows whose caption scores its image above the image's horizontal mirror."""
+    own, mirror = (z_text * z_image).sum(-1), (z_text * z_mirror).sum(-1)
+    return float((own > mirror).float().mean())
+
+
 class Aligner(nn.Module):
     """The contrastive pair around a text-conditioned U-Net's text side: ``embed_text`` (its
     ``text_context`` -> ``text_pool`` -> a linear head) and ``embed_images`` (an
@@ -131,10 +138,9 @@ class Aligner(nn.Module):
         """Share of rows whose caption scores its image above the image's horizontal mirror."""
         with torch.no_grad():
             x = to_model_range(images_u8)
-            z_t = self.embed_text(ids)
-            own = (z_t * self.embed_images(x)).sum(-1)
-            mirror = (z_t * self.embed_images(x.flip(-1))).sum(-1)
-        return float((own > mirror).float().mean())
+            return mirror_wins(
+                self.embed_text(ids), self.embed_images(x), self.embed_images(x.flip(-1))
+            )
 
 
 def align_text_side(
@@ -182,9 +188,7 @@ def align_text_side(
         value = float(loss.detach())
         if step >= steps - tail:
             losses.append(value)
-            with torch.no_grad():
-                own, mirror = (z_t * z_i).sum(-1), (z_t * z_m).sum(-1)
-            wins.append(float((own > mirror).float().mean()))
+            wins.append(mirror_wins(z_t.detach(), z_i.detach(), z_m.detach()))
         if on_block is not None and block > 0 and (step + 1) % block == 0:
             on_block(step + 1, aligner)
         if log is not None and (step + 1) % max(1, steps // 4) == 0:
