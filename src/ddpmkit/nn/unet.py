@@ -14,7 +14,9 @@ cross-attention from the pixels, padding masked out (seed 000, Stable Diffusion)
 whose mask is all False is the *null condition* (the empty prompt; ``text=None`` for every row):
 its pooled vector is replaced by a learned one (``text_null_pooled``) and its only key is a
 learned null token (``text_null_token``), which is present, masked out, in every other row, so a
-fully masked row never reaches the softmax (no NaN) and padding changes nothing.
+fully masked row never reaches the softmax (no NaN) and padding changes nothing. With
+``text_layout`` the same tokens are also read per *position* into a layout map that every level
+adds to its features (:mod:`ddpmkit.nn.layout`).
 
 Layout: conv_in -> per level ``num_res_blocks`` ResBlocks (+ self-attention at the chosen
 feature-map sizes, + cross-attention to label tokens when ``conditioning`` includes "cross"),
@@ -48,6 +50,7 @@ from ddpmkit.nn.blocks import (
 )
 from ddpmkit.nn.embeddings import LabelEmbedding, LabelTokens, TimeEmbedding
 from ddpmkit.nn.groupnorm import group_norm_act
+from ddpmkit.nn.layout import LayoutInjection, TextLayout
 from ddpmkit.nn.unet_config import CONDITIONINGS, Conditioning, UNetConfig
 
 __all__ = [
@@ -70,16 +73,29 @@ TextCondition = tuple[Tensor, Tensor, Tensor]
 
 
 class _Level(nn.Module):
-    """One ResBlock with optional self- and cross-attention after it."""
+    """One ResBlock (+ the text layout map) with optional self- and cross-attention after it."""
 
-    def __init__(self, res: ResBlock, attn: SelfAttention | None, cross: CrossAttention | None):
+    def __init__(
+        self,
+        res: ResBlock,
+        attn: SelfAttention | None,
+        cross: CrossAttention | None,
+        layout: LayoutInjection | None = None,
+    ):
         super().__init__()
-        self.res, self.attn, self.cross = res, attn, cross
+        self.res, self.attn, self.cross, self.layout = res, attn, cross, layout
 
     def forward(
-        self, x: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None = None
+        self,
+        x: Tensor,
+        emb: Tensor,
+        tokens: Tensor | None,
+        mask: Tensor | None = None,
+        layout: Tensor | None = None,
     ) -> Tensor:
         x = self.res(x, emb)
+        if self.layout is not None and layout is not None:
+            x = self.layout(x, layout)
         if self.attn is not None:
             x = self.attn(x)
         if self.cross is not None and tokens is not None:
@@ -145,6 +161,8 @@ class UNet(nn.Module):
         )
         pos = cfg.cross_attention_positions
         use_cross = cfg.uses_cross
+        lay = text_cross and cfg.text_layout
+        self.text_layout = TextLayout(cond_dim, cfg.num_heads) if lay else None
 
         def level(c_in: int, c_out: int, size: int) -> _Level:
             at = size in cfg.attention_resolutions
@@ -153,6 +171,7 @@ class UNet(nn.Module):
                 ResBlock(c_in, c_out, emb_dim, g, cfg.dropout, cfg.scale_shift),
                 SelfAttention(c_out, cfg.num_heads, g) if at else None,
                 CrossAttention(c_out, cond_dim, cfg.num_heads, g, pos) if cross else None,
+                LayoutInjection(cond_dim, c_out) if lay else None,
             )
 
         sizes = cfg.level_sizes()
@@ -174,6 +193,7 @@ class UNet(nn.Module):
         self.mid_attn = SelfAttention(ch, cfg.num_heads, g)
         self.mid_cross = CrossAttention(ch, cond_dim, cfg.num_heads, g, pos) if use_cross else None
         self.mid2 = ResBlock(ch, ch, emb_dim, g, cfg.dropout, cfg.scale_shift)
+        self.mid_layout = LayoutInjection(cond_dim, ch) if lay else None
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(cfg.channel_mults))):
             for _ in range(cfg.num_res_blocks + 1):
@@ -214,6 +234,9 @@ class UNet(nn.Module):
             raise ValueError("text given to a U-Net without text conditioning (model.text_dim = 0)")
         p = self.cfg.patch_size
         h = F.pixel_unshuffle(x, p) if p > 1 else x
+        lay = None
+        if self.text_layout is not None and tokens is not None and mask is not None:
+            lay = self.text_layout(tokens, mask, (h.shape[-2], h.shape[-1]))  # (B, D, H/p, W/p)
         if self.cfg.coord_channels:
             h = torch.cat([h, _coords(h)], dim=1)
         h = self.conv_in(h)
@@ -223,21 +246,23 @@ class UNet(nn.Module):
             if isinstance(mod, Downsample):
                 h = mod(h)
             elif ckpt:
-                h = checkpoint(mod, h, emb, tokens, mask, use_reentrant=False)
+                h = checkpoint(mod, h, emb, tokens, mask, lay, use_reentrant=False)
             else:
-                h = mod(h, emb, tokens, mask)
+                h = mod(h, emb, tokens, mask, lay)
             hs.append(h)
         if ckpt:
-            h = checkpoint(self._middle, h, emb, tokens, mask, use_reentrant=False)
+            h = checkpoint(self._middle, h, emb, tokens, mask, lay, use_reentrant=False)
         else:
-            h = self._middle(h, emb, tokens, mask)
+            h = self._middle(h, emb, tokens, mask, lay)
         for mod in self.up:
             if isinstance(mod, Upsample):
                 h = mod(h)
             elif ckpt:  # the concatenation inside: its output is not kept either
-                h = checkpoint(_cat_level, mod, h, hs.pop(), emb, tokens, mask, use_reentrant=False)
+                h = checkpoint(
+                    _cat_level, mod, h, hs.pop(), emb, tokens, mask, lay, use_reentrant=False
+                )
             else:
-                h = _cat_level(mod, h, hs.pop(), emb, tokens, mask)
+                h = _cat_level(mod, h, hs.pop(), emb, tokens, mask, lay)
         norm, _, conv = self.out  # (GroupNorm, SiLU, conv): kept as modules for the state dict
         assert isinstance(norm, nn.GroupNorm)
         out = conv(group_norm_act(norm, h))
@@ -298,9 +323,16 @@ class UNet(nn.Module):
         return ctx  # type: ignore[no-any-return]
 
     def _middle(
-        self, h: Tensor, emb: Tensor, tokens: Tensor | None, mask: Tensor | None = None
+        self,
+        h: Tensor,
+        emb: Tensor,
+        tokens: Tensor | None,
+        mask: Tensor | None = None,
+        layout: Tensor | None = None,
     ) -> Tensor:
         h = self.mid1(h, emb)
+        if self.mid_layout is not None and layout is not None:
+            h = self.mid_layout(h, layout)
         h = self.mid_attn(h)
         if self.mid_cross is not None and tokens is not None:
             h = self.mid_cross(h, tokens, mask)
@@ -314,8 +346,9 @@ def _cat_level(
     emb: Tensor,
     tokens: Tensor | None,
     mask: Tensor | None = None,
+    layout: Tensor | None = None,
 ) -> Tensor:
-    return mod(torch.cat([h, skip], dim=1), emb, tokens, mask)
+    return mod(torch.cat([h, skip], dim=1), emb, tokens, mask, layout)
 
 
 def _coords(h: Tensor) -> Tensor:

@@ -66,6 +66,10 @@ class UNetConfig:
             projected, refined tokens: a learned, order-aware pool, which
             ``ddpmkit.training.text_align`` can pre-train against the images). "attention"
             needs "add" and "cross" in text_conditioning.
+        text_layout: a layout map read from the text tokens by position-only queries
+            (``ddpmkit.nn.layout.TextLayout``), added to every level's features through a
+            zero-initialised 1x1 conv: "sandal on the left" becomes sandal features at the left
+            positions. Needs "cross" in text_conditioning (it reads the cross-attention tokens).
     """
 
     in_channels: int = 1
@@ -90,6 +94,7 @@ class UNetConfig:
     cross_attention_positions: bool = False
     text_refiner_layers: int = 0
     text_pooling: Literal["encoder", "attention"] = "encoder"
+    text_layout: bool = False
 
     def __post_init__(self) -> None:
         # Lists (from TOML/JSON configs) become tuples so the config stays hashable and equal to
@@ -195,6 +200,11 @@ class UNetConfig:
             raise ValueError(
                 "text_pooling 'attention' pools the cross-attention tokens into the added "
                 f"vector: it needs text_conditioning 'add+cross', got {self.text_conditioning!r}"
+            )
+        if self.text_layout and "cross" not in self.text_conditioning:
+            raise ValueError(
+                "text_layout reads the cross-attention tokens: it needs 'cross' in "
+                f"text_conditioning, got {self.text_conditioning!r}"
             )
         if self.cross_attention_positions and any(c % 4 for c in levels):
             raise ValueError(

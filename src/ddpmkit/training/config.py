@@ -76,6 +76,9 @@ class UNetSection:
     # the vector "add" joins to the time embedding: "encoder" (its pooled vector) or
     # "attention" (a learned pool of the cross-attention tokens; what text.align_steps trains)
     text_pooling: Literal["encoder", "attention"] = "encoder"
+    # a per-position readout of the text tokens added to every level (nn.layout): the prompt's
+    # layout stated to the U-Net instead of left for it to discover
+    text_layout: bool = False
 
 
 @dataclass(frozen=True)

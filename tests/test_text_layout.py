@@ -1,0 +1,141 @@
+"""The text layout map (model.unet.text_layout, ddpmkit.nn.layout): a per-position readout of
+the prompt's tokens added to every U-Net level."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddpmkit.nn.blocks import position_grid
+from ddpmkit.nn.layout import LayoutInjection, TextLayout
+from ddpmkit.nn.unet import UNet, UNetConfig
+
+
+def _perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Zero-initialised layers made non-zero, so the test sees the whole function."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return module
+
+
+def _reference_layout(lay: TextLayout, tokens: torch.Tensor, mask: torch.Tensor,
+                      h: int, w: int) -> torch.Tensor:  # fmt: skip
+    """The module docstring's formula, one position, head and row at a time in float64."""
+    dim, heads = lay.dim, lay.heads
+    d = dim // heads
+    lay = lay.double()
+    grid = position_grid(dim, h, w)[0].double()  # (dim, h, w)
+    wk, wv = lay.kv.weight[:dim], lay.kv.weight[dim:]
+    bk, bv = lay.kv.bias[:dim], lay.kv.bias[dim:]
+    out = torch.zeros(tokens.shape[0], dim, h, w, dtype=torch.float64)
+    for b in range(tokens.shape[0]):
+        real = [i for i in range(tokens.shape[1]) if mask[b, i]]
+        tok = tokens[b].double()
+        for r in range(h):
+            for c in range(w):
+                q = lay.query(grid[:, r, c])
+                heads_out = []
+                for n in range(heads):
+                    sl = slice(n * d, (n + 1) * d)
+                    scores = [float(q[sl] @ (wk[sl] @ tok[i] + bk[sl])) / math.sqrt(d)
+                              for i in real]  # fmt: skip
+                    top = max(scores)
+                    e = [math.exp(s - top) for s in scores]
+                    heads_out.append(sum(
+                        (ei / sum(e)) * (wv[sl] @ tok[i] + bv[sl]) for ei, i in zip(e, real)
+                    ))  # fmt: skip
+                out[b, :, r, c] = lay.out(torch.cat(heads_out))
+    return out
+
+
+def test_layout_map_is_the_per_position_attention_readout_of_its_docstring() -> None:
+    torch.manual_seed(0)
+    lay = TextLayout(8, 2).eval()
+    tokens = torch.randn(2, 4, 8)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        got = lay(tokens, mask, (3, 5))
+        want = _reference_layout(lay, tokens, mask, 3, 5)
+    assert got.shape == (2, 8, 3, 5)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+
+
+def test_layout_map_ignores_padding_and_differs_by_position() -> None:
+    torch.manual_seed(1)
+    lay = TextLayout(8, 2).eval()
+    tokens, mask = torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
+    with torch.no_grad():
+        a = lay(tokens, mask, (2, 6))
+        padded = torch.cat([tokens, 100 * torch.randn(1, 4, 8)], dim=1)
+        b = lay(padded, torch.cat([mask, torch.zeros(1, 4, dtype=torch.bool)], 1), (2, 6))
+    assert torch.allclose(a, b, atol=1e-6)
+    # the queries come from the position alone: the left and right columns read differently
+    assert (a[..., 0] - a[..., -1]).abs().max() > 1e-3
+
+
+def test_injection_starts_as_the_identity_and_pools_the_map_to_the_level() -> None:
+    inj = LayoutInjection(4, 6)
+    x, m = torch.randn(2, 6, 3, 5), torch.randn(2, 4, 6, 10)
+    assert torch.equal(inj(x, m), x)  # zero-initialised projection
+    with torch.no_grad():
+        inj.proj.weight.copy_(torch.randn(6, 4, 1, 1))
+    pooled = m.reshape(2, 4, 3, 2, 5, 2).mean(dim=(3, 5))  # 2x2 means, written out
+    want = x + torch.einsum("oc,bchw->bohw", inj.proj.weight[:, :, 0, 0], pooled)
+    assert torch.allclose(inj(x, m), want, atol=1e-5)
+
+
+def _layout_unet() -> UNet:
+    cfg = UNetConfig(
+        image_size=(8, 16), base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+        attention_resolutions=(4,), groups=4, num_heads=2, text_dim=12, text_layout=True,
+    )  # fmt: skip
+    return UNet(cfg).eval()
+
+
+def test_unet_with_layout_ignores_padding_and_the_null_prompt_and_uses_every_parameter() -> None:
+    net = _perturbed(_layout_unet())
+    x, t = torch.randn(2, 1, 8, 16), torch.tensor([5, 700])
+    tok, pooled = torch.randn(2, 4, 12), torch.randn(2, 12)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    with torch.no_grad():
+        a = net(x, t, text=(tok, mask, pooled))
+        b = net(
+            x, t,
+            text=(torch.cat([tok, torch.randn(2, 5, 12)], 1),
+                  torch.cat([mask, torch.zeros(2, 5, dtype=torch.bool)], 1), pooled),
+        )  # fmt: skip
+        null = net(x, t, text=None)
+        other = net(x, t, text=(torch.randn(2, 4, 12), mask, pooled))
+    assert torch.isfinite(a).all()
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a[1], null[1], atol=1e-5)  # an all-masked row is the null prompt
+    assert (a[0] - other[0]).abs().max() > 1e-3  # the tokens do reach the output
+    net.train()
+    net(x, t, text=(tok, mask, pooled)).square().mean().backward()
+    unused = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not unused  # DDP needs every parameter in every step
+    layout_names = [n for n, _ in net.named_parameters() if "layout" in n]
+    assert any(n.startswith("text_layout.") for n in layout_names)
+    assert any(n.startswith("mid_layout.") for n in layout_names)
+
+
+def test_layout_under_checkpointing_is_the_same_function() -> None:
+    net = _perturbed(_layout_unet()).train()
+    x, t = torch.randn(2, 1, 8, 16), torch.tensor([5, 700])
+    text = (torch.randn(2, 4, 12), torch.ones(2, 4, dtype=torch.bool), torch.randn(2, 12))
+    plain = net(x, t, text=text)
+    net.checkpointing = True
+    assert torch.allclose(net(x, t, text=text), plain, atol=1e-6)
+
+
+def test_layout_without_cross_tokens_is_a_one_line_error() -> None:
+    cfg = UNetConfig(image_size=(8, 16), base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(4,), groups=4, num_heads=2, text_dim=12,
+                     text_layout=True, text_conditioning="add")  # fmt: skip
+    with pytest.raises(ValueError, match="text_layout reads the cross-attention tokens") as e:
+        cfg.validate()
+    assert "\n" not in str(e.value)
