@@ -20,7 +20,9 @@ thresholded ``word_swap`` adherence of ``ddpm eval`` does.
 the fashion_text preset's own data and U-Net text side: after each block of steps, the share of
 scenes whose caption scores its image above the image's mirror (= the swapped scene), on
 fresh training-pair scenes and on held-out class pairs (the test split's garments, training
-phrasings). Chance is 0.5; an order-blind text side scores 0.5 on every scene.
+phrasings). Chance is 0.5; an order-blind text side scores 0.5 on every scene. With
+``--set model.unet.text_layout=true`` also (``*_regions``) the share of scenes whose layout
+map's every cell scores the scene's cell above the mirror's same cell.
 
 One thread, fixed step counts: the numbers do not depend on the machine's load.
 
@@ -200,7 +202,10 @@ def align_curve(steps: int, every: int, overrides: list[str]) -> dict[str, Any]:
         row: dict[str, Any] = {"steps": step}
         for k, v in checks.items():
             model.set_table(tables[k])
-            row[k] = aligner.mirror_accuracy(v.caption_ids, v.images)
+            if aligner.has_global:
+                row[k] = aligner.mirror_accuracy(v.caption_ids, v.images)
+            if aligner.has_regions:
+                row[f"{k}_regions"] = aligner.region_accuracy(v.caption_ids, v.images)
         model.set_table(train_table)
         curve.append(row)
         print(row, flush=True)

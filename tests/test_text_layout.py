@@ -139,3 +139,62 @@ def test_layout_without_cross_tokens_is_a_one_line_error() -> None:
     with pytest.raises(ValueError, match="text_layout reads the cross-attention tokens") as e:
         cfg.validate()
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- region alignment
+
+
+def test_cells_are_the_grid_blocks_row_major() -> None:
+    from ddpmkit.training.text_align import cells
+
+    m = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    c = cells(m, (2, 3))
+    assert c.shape == (2, 6, 3, 2, 2)
+    for r in range(2):
+        for k in range(3):
+            assert torch.equal(c[:, r * 3 + k], m[:, :, 2 * r : 2 * r + 2, 2 * k : 2 * k + 2])
+    with pytest.raises(ValueError, match="does not split"):
+        cells(m, (3, 3))
+
+
+def test_region_wins_needs_every_cell_to_beat_the_mirrors_same_cell() -> None:
+    from ddpmkit.training.text_align import region_wins
+
+    e = torch.eye(3)
+    text = torch.stack([e[[0, 1]], e[[0, 1]]])  # (2 rows, 2 cells, 3)
+    image = torch.stack([e[[0, 1]], e[[0, 2]]])  # row 1's right cell is wrong
+    mirror = torch.stack([e[[1, 0]], e[[2, 0]]])
+    assert region_wins(text, image, mirror) == 0.5
+    assert region_wins(text, image, image) == 0.0  # a tie is not a win
+
+
+def test_region_alignment_puts_the_named_side_into_the_layout_map() -> None:
+    # Captions "... on the left" / "... on the right" for 8x16 images with a square on that
+    # half. Each cell of the layout map must score its own cell above the mirror's same cell:
+    # a map that ignored the word (the same for both captions) would lose on one of the two
+    # cells in every row, so all rows right means the map reads the side from the words.
+    from ddpmkit.text import build_text_encoder, encode_all, vocabulary_of
+    from ddpmkit.text.conditioned import TextConditioned
+    from ddpmkit.training.text_align import align_text_side, text_side_parameters
+
+    captions = ["a bright square on the left", "a bright square on the right"]
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(
+        image_size=(8, 16), base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+        attention_resolutions=(4,), groups=4, num_heads=2, text_dim=16, text_layout=True,
+        text_refiner_layers=1,
+    ))  # fmt: skip
+    enc = build_text_encoder("tiny", vocabulary=vocabulary_of(captions), dim=16, log=print)
+    model = TextConditioned(net, encode_all(enc, captions))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.arange(48) % 2
+    images = torch.randint(0, 30, (48, 1, 8, 16), generator=g, dtype=torch.uint8)
+    for i, k in enumerate(ids.tolist()):
+        images[i, 0, 2:6, 8 * k + 2 : 8 * k + 6] = 255
+    before = [p.detach().clone() for p in net.text_layout.parameters()]  # type: ignore[union-attr]
+    stats, aligner = align_text_side(model, images, ids, steps=150, batch_size=16, log=None)
+    assert "region_accuracy" in stats and "mirror_accuracy" not in stats  # no attention pool
+    assert aligner.region_accuracy(ids, images) >= 0.95
+    after = list(net.text_layout.parameters())  # type: ignore[union-attr]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))  # the map was trained
+    assert stats["frozen"] and not any(p.requires_grad for p in text_side_parameters(net))

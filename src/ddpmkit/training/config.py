@@ -167,7 +167,9 @@ class TextConfig:
     # > 0: before diffusion, this many contrastive steps (CLIP's loss, mirrored images as
     # negatives) train the U-Net's text side against a small image tower
     # (ddpmkit.training.text_align);
-    # needs model.unet.text_pooling = "attention". Counted in train.time_limit_min.
+    # needs model.unet.text_pooling = "attention" (one vector per caption, mirrors as negatives)
+    # or model.unet.text_layout = true (the layout map, cell by cell: left half, right half).
+    # Counted in train.time_limit_min.
     align_steps: int = 0
     align_batch: int = 256
     align_lr: float = 1e-3

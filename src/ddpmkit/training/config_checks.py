@@ -237,10 +237,12 @@ def _check_text(cfg: RunConfig) -> None:
             "text.align_steps must be >= 0, text.align_batch >= 2 and text.align_lr > 0, got "
             f"{t.align_steps}, {t.align_batch}, {t.align_lr}"
         )
-    if t.align_steps and cfg.model.unet.text_pooling != "attention":
+    u = cfg.model.unet
+    if t.align_steps and u.text_pooling != "attention" and not u.text_layout:
         raise ConfigError(
-            "text.align_steps trains the attention pool of the text tokens: set "
-            "model.unet.text_pooling = 'attention' (or text.align_steps = 0)"
+            "text.align_steps trains the attention pool or the layout map of the text tokens: "
+            "set model.unet.text_pooling = 'attention' or model.unet.text_layout = true (or "
+            "text.align_steps = 0)"
         )
     if dt.captions and dt.name != "folder":
         raise ConfigError(

@@ -275,10 +275,17 @@ def _align_text(
         model, data.x, data.labels, steps=t.align_steps, batch_size=t.align_batch,
         lr=t.align_lr, seed=cfg.train.seed, freeze=t.align_freeze, log=log,
     )  # fmt: skip
+    said = []
+    if "mirror_accuracy" in stats:
+        said.append(
+            f"caption prefers its image to the mirror in {100 * stats['mirror_accuracy']:.0f}%"
+        )
+    if "region_accuracy" in stats:
+        share = 100 * stats["region_accuracy"]
+        said.append(f"every cell's text prefers its cell to the mirror's in {share:.0f}%")
     log(
         f"text alignment: {stats['steps']} steps in {stats['seconds']:.0f} s, loss "
-        f"{stats['loss']:.3f}, caption prefers its image to the mirror in "
-        f"{100 * stats['mirror_accuracy']:.0f}% of rows"
+        f"{stats['loss']:.3f}, {' and '.join(said)} of rows"
     )
     return stats
 
