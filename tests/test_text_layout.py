@@ -11,15 +11,7 @@ import torch
 from ddpmkit.nn.blocks import position_grid
 from ddpmkit.nn.layout import LayoutInjection, TextLayout
 from ddpmkit.nn.unet import UNet, UNetConfig
-
-
-def _perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Zero-initialised layers made non-zero, so the test sees the whole function."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return module
+from test_text_binding import _perturbed
 
 
 def _reference_layout(lay: TextLayout, tokens: torch.Tensor, mask: torch.Tensor,

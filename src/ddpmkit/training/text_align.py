@@ -60,6 +60,17 @@ __all__ = [
 REGIONS = (1, 2)
 
 
+def strided_convs(channels: int, width: int) -> nn.Sequential:
+    """The towers' trunk: two stride-2 3x3 convs with SiLU, (B, C, H, W) -> (B, width, H/4,
+    W/4) (rounded up)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, width // 2, 3, stride=2, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
+        nn.SiLU(),
+    )
+
+
 class ImageTower(nn.Module):
     """(B, C, H, W) in [-1, 1] -> (B, dim): two stride-2 3x3 convs (SiLU), the (width, H/4,
     W/4) map flattened (position kept) and projected to ``dim``. Both convs strided: a first
@@ -69,12 +80,7 @@ class ImageTower(nn.Module):
     def __init__(self, channels: int, hw: tuple[int, int], dim: int, width: int = 64):
         super().__init__()
         h, w = (hw[0] + 3) // 4, (hw[1] + 3) // 4
-        self.convs = nn.Sequential(
-            nn.Conv2d(channels, width // 2, 3, stride=2, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(width // 2, width, 3, stride=2, padding=1),
-            nn.SiLU(),
-        )
+        self.convs = strided_convs(channels, width)
         self.proj = nn.Linear(width * h * w, dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -108,7 +114,7 @@ class RegionTower(nn.Module):
                 f"split into a {grid[0]}x{grid[1]} grid"
             )
         self.grid = grid
-        self.convs = ImageTower(channels, hw, 1, width).convs
+        self.convs = strided_convs(channels, width)
         self.proj = nn.Linear(width * (h // grid[0]) * (w // grid[1]), dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -205,25 +211,30 @@ class Aligner(nn.Module):
     def scale(self) -> Tensor:
         return self.log_scale.exp().clamp(max=100.0)
 
-    def embed_text(self, ids: Tensor) -> Tensor:
-        """(B,) caption ids (rows of the model's table) -> (B, E) unit vectors."""
+    def context(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(B,) caption ids (rows of the model's table) -> the U-Net's ``text_context`` of
+        their tokens (B, L, D) and the tokens' mask (B, L)."""
         model = self._model[0]
-        unet = model.net
         tok, mask, _ = model.text_for(ids)
-        return F.normalize(self.head(unet.text_pool(unet.text_context(tok, mask), mask)), dim=-1)
+        return model.net.text_context(tok, mask), mask
+
+    def embed_text(self, ids: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """(B,) caption ids -> (B, E) unit vectors; ``context``: their :meth:`context`, if
+        already computed."""
+        ctx, mask = self.context(ids) if context is None else context
+        return F.normalize(self.head(self._model[0].net.text_pool(ctx, mask)), dim=-1)
 
     def embed_images(self, x: Tensor) -> Tensor:
         """(B, C, H, W) in [-1, 1] -> (B, E) unit vectors."""
         return F.normalize(self.tower(x), dim=-1)
 
-    def embed_text_cells(self, ids: Tensor) -> Tensor:
+    def embed_text_cells(self, ids: Tensor, context: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """(B,) caption ids -> (B, cells, E) unit vectors: the U-Net's own layout map (at its
-        first level's size) averaged over each cell of ``REGIONS``, through a linear head."""
-        model = self._model[0]
-        unet = model.net
-        tok, mask, _ = model.text_for(ids)
+        first level's size) averaged over each cell of ``REGIONS``, through a linear head;
+        ``context``: their :meth:`context`, if already computed."""
+        ctx, mask = self.context(ids) if context is None else context
         size = (self.hw[0] // self.patch, self.hw[1] // self.patch)
-        m = unet.text_layout(unet.text_context(tok, mask), mask, size)  # (B, D, h, w)
+        m = self._model[0].net.text_layout(ctx, mask, size)  # (B, D, h, w)
         return F.normalize(self.region_head(cells(m, REGIONS).mean(dim=(3, 4))), dim=-1)
 
     def embed_image_cells(self, x: Tensor) -> Tensor:
@@ -236,13 +247,14 @@ class Aligner(nn.Module):
         (:func:`region_wins`)."""
         total = x.new_zeros(())
         diag: dict[str, float] = {}
+        context = self.context(ids)  # once, for both losses
         if self.has_global:
-            z_t, z_i = self.embed_text(ids), self.embed_images(x)
+            z_t, z_i = self.embed_text(ids, context), self.embed_images(x)
             z_m = self.embed_images(x.flip(-1))
             total = total + contrastive_loss(z_t, z_i, z_m, ids, self.scale)
             diag["mirror"] = mirror_wins(z_t.detach(), z_i.detach(), z_m.detach())
         if self.has_regions:
-            c_t, c_i = self.embed_text_cells(ids), self.embed_image_cells(x)
+            c_t, c_i = self.embed_text_cells(ids, context), self.embed_image_cells(x)
             c_m = self.embed_image_cells(x.flip(-1))
             n = c_t.shape[1]
             cell_ids = (ids[:, None] * n + torch.arange(n, device=ids.device)).flatten()
