@@ -193,6 +193,22 @@ def test_toy_model_and_points(
     )  # fmt: skip
     assert "ode final step" in ode["depends_on"], ode["depends_on"]
     assert np.isfinite(ode["metrics"]["sliced_wasserstein"])
+    # DDPM's reverse variance: named in the report; beta~ and beta draw different samples
+    post, _ = run_eval(
+        [str(toy_model), "--num", "400", "--sampler", "ddpm", "--steps", "10",
+         "--variance", "posterior", "--out", str(tmp_path / "post")],
+        capsys,
+    )  # fmt: skip
+    beta, _ = run_eval(
+        [str(toy_model), "--num", "400", "--sampler", "ddpm", "--steps", "10",
+         "--variance", "beta", "--out", str(tmp_path / "beta")],
+        capsys,
+    )  # fmt: skip
+    assert "variance posterior" in post["depends_on"], post["depends_on"]
+    assert "variance beta" in beta["depends_on"], beta["depends_on"]
+    assert post["samples"]["variance"] == "posterior"
+    sw_post, sw_beta = (r["metrics"]["sliced_wasserstein"] for r in (post, beta))
+    assert np.isfinite(sw_post) and np.isfinite(sw_beta) and sw_post != sw_beta
     # Fresh data as "samples" sits at the floor; Gaussian noise far above it.
     good = write_npz(tmp_path / "good.npz", points=make_toy("moons", 400, seed=123).numpy())
     noise = write_npz(tmp_path / "noise.npz", points=np.random.default_rng(0).normal(size=(400, 2)))
@@ -397,6 +413,14 @@ def _bad_inputs(tmp: Path, run: Path) -> dict[str, tuple[list[str], tuple[str, .
         "steps out of range": ([str(run), "--steps", "500"], ("--steps: must be in [1, 100]",)),
         "eta for ddpm": (
             [str(run), "--sampler", "ddpm", "--eta", "0.5"], ("--eta: applies to sampler ddim",)
+        ),
+        "variance for samples": (
+            [str(tmp / "ok.npz"), "--dataset", "digits", "--variance", "posterior"],
+            ("--variance: only for a model SOURCE",),
+        ),
+        "variance for dpmpp": (
+            [str(run), "--sampler", "dpmpp", "--variance", "posterior"],
+            ("--variance: applies to sampler ddpm only",),
         ),
         "final step for samples": (
             [str(tmp / "ok.npz"), "--dataset", "digits", "--final-step", "ode"],

@@ -92,6 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "probability-flow step for continuous data (default: the model's sample.final_step)",
     )
     p.add_argument(
+        "--variance",
+        choices=("beta", "posterior", "learned"),
+        default=None,
+        help="DDPM's reverse variance (--sampler ddpm only): beta, posterior or learned "
+        "(default: the model's sample.variance, else its learned variances if it has them, "
+        "else beta)",
+    )
+    p.add_argument(
         "--guidance",
         type=float,
         default=None,

@@ -61,6 +61,9 @@ class EvalOptions:
     # The last step to clean data: "denoise" (x_0 estimate) or "ode" (trapezoidal, for
     # continuous data). None: the model's sample.final_step, else denoise.
     final_step: str | None = None
+    # DDPM's reverse variance (sampler ddpm only): "beta", "posterior" or "learned". None:
+    # the model's sample.variance, else its learned variances if it has them, else beta.
+    variance: str | None = None
     # Classifier-free guidance scale. None: the model's sample.guidance, else 1.
     guidance: float | None = None
     # Guide only at noise levels sigma in (lo, hi] ("lo,hi", or "all" = every step). None: the

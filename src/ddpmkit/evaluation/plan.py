@@ -57,6 +57,7 @@ MODEL_ONLY = (
     "schedule_from",
     "eta",
     "final_step",
+    "variance",
     "guidance",
     "guidance_interval",
     "seed",

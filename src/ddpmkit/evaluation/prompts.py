@@ -190,6 +190,7 @@ def _draw(model: Any, cases: Sequence[PromptCase], per: int, opts: EvalOptions) 
         guidance_interval=opts.guidance_interval,
         eta=opts.eta,
         final_step=opts.final_step,
+        variance=opts.variance,
         seed=opts.seed or 0,
         batch_size=opts.batch_size,
     )
@@ -341,7 +342,7 @@ def evaluate_prompts(
     s_ = model.resolve_settings(
         sampler=opts.sampler, steps=opts.steps, spacing=opts.spacing, guidance=opts.guidance,
         guidance_interval=opts.guidance_interval, eta=opts.eta, schedule_from=opts.schedule_from,
-        final_step=opts.final_step,
+        final_step=opts.final_step, variance=opts.variance,
     )  # fmt: skip
     num = sum(int(v.shape[0]) for v in drawn.values())
     report["depends_on"] = (

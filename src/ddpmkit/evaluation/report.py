@@ -96,6 +96,8 @@ def depends_on(report: dict[str, Any]) -> str:
             if s.get("guidance_interval"):
                 lo, hi = s["guidance_interval"]
                 sp += f" at sigma in ({lo:g}, {hi:g}]"
+        if s.get("variance"):
+            sp += f", variance {s['variance']}"
         if s.get("final_step", "denoise") != "denoise":
             sp += f", {s['final_step']} final step"
         parts.append(sp)

@@ -30,9 +30,9 @@ def draw_samples(
     """(samples, labels or None, what was drawn) from the model at ``src.path``.
 
     Images come back as uint8 (N, C, H, W), as a samples file would hold them; 2-D points as
-    float32 (N, D). ``opts`` holds the sampler, steps, spacing, schedule_from, eta, guidance,
-    seed, raw and batch_size options (None = the run's own; the run's own grid includes its
-    ``[sample] schedule_file``).
+    float32 (N, D). ``opts`` holds the sampler, steps, spacing, schedule_from, eta, variance,
+    guidance, seed, raw and batch_size options (None = the run's own; the run's own grid
+    includes its ``[sample] schedule_file``).
     """
     model = load(src.path, raw=opts.raw)
     seed = int(opts.seed) if opts.seed is not None else 0
@@ -45,6 +45,7 @@ def draw_samples(
         guidance_interval=opts.guidance_interval,
         eta=opts.eta,
         final_step=opts.final_step,
+        variance=opts.variance,
     )
     labels = model.labels_for(num)  # class-balanced: sample i has class i mod K
     x = model.sample(
