@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -219,3 +220,46 @@ def test_two_process_run_killed_and_resumed(tmp_path: Path) -> None:
     assert state["world_size"] == 2
     assert set(load_file(final / "rng.safetensors")) == {"data", "torch_rank0", "torch_rank1"}
     shutil.rmtree(run)
+
+
+def test_text_alignment_under_two_processes_matches_one_process(tmp_path: Path) -> None:
+    # text.align_steps runs on every rank before DDP wraps the model, from the same seed on
+    # the same (unsharded) captioned images, so the two ranks' aligned text side is the one
+    # process's, bit for bit; then the diffusion steps match as in the test above. A tiny
+    # captioned folder, the "tiny" encoder, the layout map (model.unet.text_layout) and a
+    # one-block refiner: the region alignment's path end to end under torchrun.
+    from test_text_train import TINY, _folder
+
+    root = _folder(tmp_path / "images")
+    args = [
+        "train", "fashion_mnist", *TINY, "--set", f'data.root="{root}"',
+        "--set", "model.unet.text_layout=true", "--set", "model.unet.text_refiner_layers=1",
+        "--set", "text.align_steps=5", "--set", "text.align_batch=8",
+        "--set", "train.steps=3", "--set", "train.sample_every=0",
+        "--set", "train.checkpoint_every=3", *COMMON,
+    ]  # fmt: skip
+    two, one = tmp_path / "two", tmp_path / "one"
+    r = subprocess.run(
+        _torchrun(2, [*args, "--out", str(two)], 29514),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "text alignment: 5 steps" in r.stderr, r.stderr[-3000:]
+    double = ["--set", "train.batch_size=16"]
+    assert main([*args, *double, "--out", str(one)]) == 0
+    meta = json.loads((two / "model" / "config.json").read_text())
+    assert meta["text_align"]["steps"] == 5 and "region_accuracy" in meta["text_align"]
+    a, b = _final_weights(two), _final_weights(one)
+    assert a.keys() == b.keys()
+    layout = [k for k in a if "text_layout" in k]
+    assert layout and all(torch.equal(a[k], b[k]) for k in layout)  # aligned, then frozen
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    # without the alignment the layout map keeps its initial weights: the check above can fail
+    plain = tmp_path / "plain"
+    assert main([*args, *double, "--set", "text.align_steps=0", "--out", str(plain)]) == 0
+    c = _final_weights(plain)
+    assert any(not torch.equal(c[k], b[k]) for k in layout)
