@@ -194,15 +194,13 @@ def test_toy_model_and_points(
     assert "ode final step" in ode["depends_on"], ode["depends_on"]
     assert np.isfinite(ode["metrics"]["sliced_wasserstein"])
     # DDPM's reverse variance: named in the report; beta~ and beta draw different samples
-    post, _ = run_eval(
-        [str(toy_model), "--num", "400", "--sampler", "ddpm", "--steps", "10",
-         "--variance", "posterior", "--out", str(tmp_path / "post")],
-        capsys,
-    )  # fmt: skip
-    beta, _ = run_eval(
-        [str(toy_model), "--num", "400", "--sampler", "ddpm", "--steps", "10",
-         "--variance", "beta", "--out", str(tmp_path / "beta")],
-        capsys,
+    post, beta = (
+        run_eval(
+            [str(toy_model), "--num", "400", "--sampler", "ddpm", "--steps", "10",
+             "--variance", v, "--out", str(tmp_path / v)],
+            capsys,
+        )[0]
+        for v in ("posterior", "beta")
     )  # fmt: skip
     assert "variance posterior" in post["depends_on"], post["depends_on"]
     assert "variance beta" in beta["depends_on"], beta["depends_on"]

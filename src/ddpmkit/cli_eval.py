@@ -22,7 +22,7 @@ from dataclasses import fields
 
 from ddpmkit.evaluation.options import REF_SPLITS, EvalOptions
 from ddpmkit.evaluation.plan import IMAGE_DATASETS, TOYS
-from ddpmkit.sampling import SAMPLERS
+from ddpmkit.sampling import SAMPLERS, VARIANCES
 
 __all__ = ["options_from_args", "register"]
 
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--variance",
-        choices=("beta", "posterior", "learned"),
+        choices=VARIANCES,
         default=None,
         help="DDPM's reverse variance (--sampler ddpm only): beta, posterior or learned "
         "(default: the model's sample.variance, else its learned variances if it has them, "

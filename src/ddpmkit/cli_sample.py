@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ddpmkit.io import atomic_write, read_json_object
-from ddpmkit.sampling import SAMPLERS
+from ddpmkit.sampling import SAMPLERS, VARIANCES
 from ddpmkit.trained import GRID_KEYS, TrainedModel, load
 from ddpmkit.viz.grid import grid_with_row_labels, save_grid, save_images
 
@@ -73,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--variance",
-        choices=("beta", "posterior", "learned"),
+        choices=VARIANCES,
         default=None,
         help="DDPM's reverse variance (--sampler ddpm only): beta (Ho et al.), posterior "
         "(beta~: closer to the long chain at 10-20 steps) or learned; default: the model's "
