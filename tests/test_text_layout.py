@@ -3,6 +3,7 @@ the prompt's tokens added to every U-Net level."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from ddpmkit.nn.blocks import position_grid
 from ddpmkit.nn.layout import LayoutInjection, TextLayout
-from ddpmkit.nn.unet import UNet, UNetConfig
+from ddpmkit.nn.unet import UNet, UNetConfig, num_parameters
 from test_text_binding import _perturbed
 
 
@@ -23,7 +24,7 @@ def _reference_layout(lay: TextLayout, tokens: torch.Tensor, mask: torch.Tensor,
     grid = position_grid(dim, h, w)[0].double()  # (dim, h, w)
     wk, wv = lay.kv.weight[:dim], lay.kv.weight[dim:]
     bk, bv = lay.kv.bias[:dim], lay.kv.bias[dim:]
-    out = torch.zeros(tokens.shape[0], dim, h, w, dtype=torch.float64)
+    out = torch.zeros(tokens.shape[0], lay.out_dim, h, w, dtype=torch.float64)
     for b in range(tokens.shape[0]):
         real = [i for i in range(tokens.shape[1]) if mask[b, i]]
         tok = tokens[b].double()
@@ -56,6 +57,37 @@ def test_layout_map_is_the_per_position_attention_readout_of_its_docstring() -> 
     assert torch.allclose(got.double(), want, atol=1e-5)
 
 
+def test_a_narrower_map_is_the_same_readout_with_a_narrower_output_projection() -> None:
+    torch.manual_seed(2)
+    lay = TextLayout(8, 2, out_dim=3).eval()
+    tokens = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        got = lay(tokens, mask, (2, 4))
+        want = _reference_layout(lay, tokens, mask, 2, 4)
+    assert got.shape == (2, 3, 2, 4)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    with pytest.raises(ValueError, match="width must be >= 0"):
+        TextLayout(8, 2, out_dim=-1)
+
+
+def test_cell_means_are_the_maps_average_over_each_cell_row_major() -> None:
+    torch.manual_seed(3)
+    lay = TextLayout(8, 2, out_dim=6).eval()
+    tokens = torch.randn(3, 4, 8)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        got = lay.cell_means(tokens, mask, (4, 6), (2, 3))
+        want_map = _reference_layout(lay, tokens, mask, 4, 6)  # (B, 6, 4, 6); lay -> float64
+    assert got.shape == (3, 6, 6)
+    for r in range(2):  # cell (r, c) covers rows 2r..2r+1 and columns 2c..2c+1
+        for c in range(3):
+            cell = want_map[:, :, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2].mean(dim=(2, 3))
+            assert torch.allclose(got[:, r * 3 + c].double(), cell, atol=1e-5)
+    with pytest.raises(ValueError, match="does not split into a 3x2 grid"):
+        lay.cell_means(tokens.double(), mask, (4, 6), (3, 2))
+
+
 def test_layout_map_ignores_padding_and_differs_by_position() -> None:
     torch.manual_seed(1)
     lay = TextLayout(8, 2).eval()
@@ -86,6 +118,25 @@ def _layout_unet() -> UNet:
         attention_resolutions=(4,), groups=4, num_heads=2, text_dim=12, text_layout=True,
     )  # fmt: skip
     return UNet(cfg).eval()
+
+
+def test_unet_layout_width_sets_the_map_and_every_injection() -> None:
+    base = UNetConfig(
+        image_size=(8, 16), base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+        attention_resolutions=(4,), groups=4, num_heads=2, text_dim=12, text_layout=True,
+    )  # fmt: skip
+    wide, narrow = UNet(base), UNet(dataclasses.replace(base, text_layout_dim=4))
+    assert wide.text_layout is not None and wide.text_layout.out_dim == 32  # 4 x base
+    assert narrow.text_layout is not None and narrow.text_layout.out_dim == 4
+    injections = [m for m in narrow.modules() if isinstance(m, LayoutInjection)]
+    assert injections and all(m.proj.in_channels == 4 for m in injections)
+    assert num_parameters(narrow) < num_parameters(wide)
+    x, t = torch.randn(2, 1, 8, 16), torch.tensor([3, 400])
+    tok, mask = torch.randn(2, 3, 12), torch.ones(2, 3, dtype=torch.bool)
+    with torch.no_grad():
+        assert narrow(x, t, text=(tok, mask, torch.randn(2, 12))).shape == x.shape
+    with pytest.raises(ValueError, match="text_layout_dim must be >= 0"):
+        UNet(dataclasses.replace(base, text_layout_dim=-2))
 
 
 def test_unet_with_layout_ignores_padding_and_the_null_prompt_and_uses_every_parameter() -> None:

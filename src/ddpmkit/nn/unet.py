@@ -162,7 +162,8 @@ class UNet(nn.Module):
         pos = cfg.cross_attention_positions
         use_cross = cfg.uses_cross
         lay = text_cross and cfg.text_layout
-        self.text_layout = TextLayout(cond_dim, cfg.num_heads) if lay else None
+        lay_dim = cfg.text_layout_dim or cond_dim
+        self.text_layout = TextLayout(cond_dim, cfg.num_heads, lay_dim) if lay else None
 
         def level(c_in: int, c_out: int, size: int) -> _Level:
             at = size in cfg.attention_resolutions
@@ -171,7 +172,7 @@ class UNet(nn.Module):
                 ResBlock(c_in, c_out, emb_dim, g, cfg.dropout, cfg.scale_shift),
                 SelfAttention(c_out, cfg.num_heads, g) if at else None,
                 CrossAttention(c_out, cond_dim, cfg.num_heads, g, pos) if cross else None,
-                LayoutInjection(cond_dim, c_out) if lay else None,
+                LayoutInjection(lay_dim, c_out) if lay else None,
             )
 
         sizes = cfg.level_sizes()
@@ -193,7 +194,7 @@ class UNet(nn.Module):
         self.mid_attn = SelfAttention(ch, cfg.num_heads, g)
         self.mid_cross = CrossAttention(ch, cond_dim, cfg.num_heads, g, pos) if use_cross else None
         self.mid2 = ResBlock(ch, ch, emb_dim, g, cfg.dropout, cfg.scale_shift)
-        self.mid_layout = LayoutInjection(cond_dim, ch) if lay else None
+        self.mid_layout = LayoutInjection(lay_dim, ch) if lay else None
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(cfg.channel_mults))):
             for _ in range(cfg.num_res_blocks + 1):

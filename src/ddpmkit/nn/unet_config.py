@@ -70,6 +70,8 @@ class UNetConfig:
             (``ddpmkit.nn.layout.TextLayout``), added to every level's features through a
             zero-initialised 1x1 conv: "sandal on the left" becomes sandal features at the left
             positions. Needs "cross" in text_conditioning (it reads the cross-attention tokens).
+        text_layout_dim: the layout map's width (0 = the conditioning width, 4 x base):
+            what each level's 1x1 projection reads, so most of the map's cost.
     """
 
     in_channels: int = 1
@@ -95,6 +97,7 @@ class UNetConfig:
     text_refiner_layers: int = 0
     text_pooling: Literal["encoder", "attention"] = "encoder"
     text_layout: bool = False
+    text_layout_dim: int = 0
 
     def __post_init__(self) -> None:
         # Lists (from TOML/JSON configs) become tuples so the config stays hashable and equal to
@@ -205,6 +208,11 @@ class UNetConfig:
             raise ValueError(
                 "text_layout reads the cross-attention tokens: it needs 'cross' in "
                 f"text_conditioning, got {self.text_conditioning!r}"
+            )
+        if self.text_layout_dim < 0:
+            raise ValueError(
+                f"text_layout_dim must be >= 0 (0 = the conditioning width), got "
+                f"{self.text_layout_dim}"
             )
         if self.cross_attention_positions and any(c % 4 for c in levels):
             raise ValueError(

@@ -79,6 +79,7 @@ class UNetSection:
     # a per-position readout of the text tokens added to every level (nn.layout): the prompt's
     # layout stated to the U-Net instead of left for it to discover
     text_layout: bool = False
+    text_layout_dim: int = 0  # the map's width (0 = 4 x base_channels); sets most of its cost
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,7 @@ class Aligner(nn.Module):
                 self.tower = ImageTower(channels, hw, dim)
                 self.head = nn.Linear(dim, dim)
             if self.has_regions:
-                dim = int(unet.text_layout.dim)
+                dim = int(unet.text_layout.out_dim)
                 self.region_tower = RegionTower(channels, hw, dim, REGIONS)
                 self.region_head = nn.Linear(dim, dim)
         self.log_scale = nn.Parameter(torch.tensor(1 / 0.07).log())
@@ -234,8 +234,8 @@ class Aligner(nn.Module):
         ``context``: their :meth:`context`, if already computed."""
         ctx, mask = self.context(ids) if context is None else context
         size = (self.hw[0] // self.patch, self.hw[1] // self.patch)
-        m = self._model[0].net.text_layout(ctx, mask, size)  # (B, D, h, w)
-        return F.normalize(self.region_head(cells(m, REGIONS).mean(dim=(3, 4))), dim=-1)
+        m = self._model[0].net.text_layout.cell_means(ctx, mask, size, REGIONS)  # (B, cells, D)
+        return F.normalize(self.region_head(m), dim=-1)
 
     def embed_image_cells(self, x: Tensor) -> Tensor:
         """(B, C, H, W) in [-1, 1] -> (B, cells, E) unit vectors."""
