@@ -1,7 +1,7 @@
 """Regenerate every figure in docs/figures from the project's own code (the ``ddpm`` commands).
 
     .venv/bin/python scripts/make_docs_figures.py [--fmnist-run RUN_DIR] [--s-curve-run RUN_DIR]
-        [--text-run RUN_DIR [--only-text]]
+        [--text-run RUN_DIR [--only-text] [--text-guidance W]]
 
 Always: the schedules, the forward process of a Fashion-MNIST image under the four schedules
 and of the S-curve. Then it trains the S-curve preset (``ddpm train s_curve``, one to two
@@ -49,10 +49,13 @@ TEXT_PROMPTS = (
 )
 
 
-def text_figure(text_run: str) -> None:
-    """docs/figures/text_prompts.png from a trained fashion_text run (6 columns)."""
+def text_figure(text_run: str, guidance: str | None = None) -> None:
+    """docs/figures/text_prompts.png from a trained fashion_text run (6 columns); ``guidance``
+    overrides the run's own ``sample.guidance`` (e.g. a run trained before the preset's
+    guidance changed)."""
     prompts = [a for p in TEXT_PROMPTS for a in ("--prompt", p)]
-    run("plot", "prompts", text_run, *prompts, "--num", "6",
+    extra = ["--guidance", guidance] if guidance is not None else []
+    run("plot", "prompts", text_run, *prompts, "--num", "6", *extra,
         "--out", str(FIG / "text_prompts.png"))  # fmt: skip
     print(f"text_prompts.png: {compact_png(FIG / 'text_prompts.png') / 1000:.0f} KB")
 
@@ -102,10 +105,11 @@ def main() -> None:
     ap.add_argument("--s-curve-run", default=None, help="a trained S-curve run folder")
     ap.add_argument("--text-run", default=None, help="a trained fashion_text run folder")
     ap.add_argument("--only-text", action="store_true", help="only the text figure")
+    ap.add_argument("--text-guidance", default=None, help="the text figure's guidance scale")
     args = ap.parse_args()
     FIG.mkdir(parents=True, exist_ok=True)
     if args.text_run:
-        text_figure(args.text_run)
+        text_figure(args.text_run, args.text_guidance)
     if args.only_text:
         return
     run("plot", "schedules", "--out", str(FIG / "schedules.png"))

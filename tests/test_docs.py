@@ -121,7 +121,8 @@ def shrink(args: list[str], user_images: Path) -> list[str]:
             for kv in SMALL_TOY if toy else SMALL_NET:
                 args += ["--set", kv]
             if len(args) > 1 and args[1] == "fashion_text":  # 64 captions for MiniLM, not 120,000
-                args += ["--set", "data.max_items=64"]
+                args += ["--set", "data.max_items=64", "--set", "text.align_steps=2",
+                         "--set", "text.align_batch=8"]  # fmt: skip
         return args
     if args[0] == "sample":  # 4: the fewest samples `ddpm eval` accepts (k-NN with k = 3)
         return _set(_set(args, "--num", "4"), "--steps", "3")
@@ -160,7 +161,9 @@ def test_shrink_rewrites_heavy_arguments() -> None:
     assert small[:5] == ["train", "--set", 'data.root="/data/imgs"', "--steps", "4"]
     assert "model.base_channels=16" in small
     assert shrink(["train", "s_curve", "--resume"], imgs)[-3:] == ["--steps", "6", "--no-progress"]
-    assert shrink(["train", "fashion_text"], imgs)[-2:] == ["--set", "data.max_items=64"]
+    assert shrink(["train", "fashion_text"], imgs)[-6:] == [
+        "--set", "data.max_items=64", "--set", "text.align_steps=2", "--set", "text.align_batch=8",
+    ]  # fmt: skip
     small = shrink(["plot", "prompts", "r", "--prompt", "a bag", "--out", "p.png"], imgs)
     assert small[-4:] == ["--num", "2", "--steps", "3"]
 
